@@ -1,0 +1,1 @@
+//! zen-agent library (see issue 5).
