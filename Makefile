@@ -1,0 +1,39 @@
+# Zen Mesh — build and test entry points. See README.md.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test run deps fmt-check clippy unit build bench
+
+## make test — the whole suite: system deps, fmt check, clippy -D warnings, every test in the workspace.
+test: deps fmt-check clippy unit
+
+## Install the system packages the build needs (pingora's zlib-ng needs cmake) when they are absent.
+deps:
+	@missing=""; \
+	for tool in cmake:cmake cc:build-essential pkg-config:pkg-config; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: deps
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: deps
+	$(CARGO) test --workspace
+
+build: deps
+	$(CARGO) build --workspace --release
+
+bench: deps
+	$(CARGO) bench -p zen-trust
+
+## make run — build and start the local dev stack (state under .zen/dev/).
+run: deps
+	@scripts/dev-run.sh
