@@ -3,8 +3,10 @@
 //! next rotation makes a new root), so only the intermediate key is kept, sealed at rest.
 
 mod csr;
+mod manager;
 
 pub use csr::{check_csr, CheckedCsr, CsrError};
+pub use manager::{rotate, tick, CaManager, CaView};
 
 use std::time::Duration;
 
