@@ -1,1 +1,7 @@
-//! zen-agent library (see issue 5).
+//! zen-agent: the agent side of Zen Mesh (DESIGN.md §1, §7) — credential files, the mTLS client
+//! configuration, a signing HTTPS client, and enrollment.
+
+pub mod client;
+pub mod csr;
+pub mod files;
+pub mod tls;

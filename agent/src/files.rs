@@ -1,0 +1,175 @@
+//! The agent's credential directory (DESIGN.md §7): `svid.pem` (chain), `svid.key` (PKCS#8 PEM, 0600),
+//! `bundle.pem` (trust bundle) and `hmac.json`. Every error names the file that is wrong.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use zen_trust::keys::HmacKeyFile;
+
+pub const SVID_CHAIN: &str = "svid.pem";
+pub const SVID_KEY: &str = "svid.key";
+pub const BUNDLE: &str = "bundle.pem";
+pub const HMAC_KEY: &str = "hmac.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Everything an enrolled agent needs to talk to the mesh.
+pub struct AgentFiles {
+    pub svid_chain: Vec<CertificateDer<'static>>,
+    pub svid_key: PrivateKeyDer<'static>,
+    pub bundle: Vec<CertificateDer<'static>>,
+    pub hmac: HmacKeyFile,
+}
+
+impl std::fmt::Debug for AgentFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentFiles")
+            .field("svid_chain", &self.svid_chain.len())
+            .field("svid_key", &"<redacted>")
+            .field("bundle", &self.bundle.len())
+            .field("hmac", &self.hmac)
+            .finish()
+    }
+}
+
+impl AgentFiles {
+    pub fn load(dir: &Path) -> Result<Self, FilesError> {
+        Ok(Self {
+            svid_chain: read_certs(&dir.join(SVID_CHAIN))?,
+            svid_key: read_key(&dir.join(SVID_KEY))?,
+            bundle: read_certs(&dir.join(BUNDLE))?,
+            hmac: read_hmac(&dir.join(HMAC_KEY))?,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, FilesError> {
+    std::fs::read(path).map_err(|source| FilesError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid(path: &Path, what: impl Into<String>) -> FilesError {
+    FilesError::Invalid {
+        path: path.to_owned(),
+        what: what.into(),
+    }
+}
+
+/// All CERTIFICATE blocks of a PEM file; an empty or unparsable file is an error.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, FilesError> {
+    let pem = read(path)?;
+    parse_certs(&pem).map_err(|what| invalid(path, what))
+}
+
+pub fn parse_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no CERTIFICATE block".into());
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, FilesError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        invalid(
+            path,
+            format!("no usable private key (PKCS#8 PEM expected): {e}"),
+        )
+    })
+}
+
+pub fn read_hmac(path: &Path) -> Result<HmacKeyFile, FilesError> {
+    let bytes = read(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(path, format!("not a valid hmac.json: {e}")))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename) with `mode`,
+/// so a reader never sees a half-written credential.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| FilesError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    file.write_all(bytes).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_and_corrupt_files_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = AgentFiles::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("svid.pem"), "{err}");
+
+        std::fs::write(
+            dir.path().join(SVID_CHAIN),
+            "-----BEGIN CERTIFICATE-----\nAAAA",
+        )
+        .unwrap();
+        let err = AgentFiles::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("svid.pem"), "{err}");
+
+        let err = read_hmac(&write(dir.path(), HMAC_KEY, "{\"key_id\":")).unwrap_err();
+        assert!(err.to_string().contains("hmac.json"), "{err}");
+        let err = read_key(&write(dir.path(), SVID_KEY, "garbage")).unwrap_err();
+        assert!(err.to_string().contains("svid.key"), "{err}");
+    }
+
+    #[test]
+    fn write_atomic_sets_mode_and_replaces() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SVID_KEY);
+        write_atomic(&path, b"one", 0o600).unwrap();
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
