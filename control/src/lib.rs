@@ -2,6 +2,7 @@
 //! distribution to proxies, the agent routes, encrypted secret custody and a tamper-evident
 //! audit log. Sits behind zen-proxy and trusts it for the caller's identity.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod audit;
@@ -12,4 +13,6 @@ pub mod custody;
 pub mod enroll;
 pub mod keys;
 pub mod metrics;
+pub mod operator;
+pub mod serve;
 pub mod store;
