@@ -1,1 +1,88 @@
-fn main() {}
+//! zen-proxy: the Zen Mesh enforcement sidecar (DESIGN.md §2–§6).
+
+mod admin;
+mod app;
+mod config;
+mod decision;
+mod forward;
+mod metrics;
+mod policy;
+mod refusal;
+mod reload;
+mod service;
+mod state;
+mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "zen-proxy", version, about = "Zen Mesh mTLS + SPIFFE + HMAC enforcement sidecar")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with the given config.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate the config and every file it names; print each error with its YAML path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().cmd {
+        Cmd::Check { config } => check(&config),
+        Cmd::Run { config } => {
+            let cfg = match config::Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("zen-proxy: refusing to start: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match app::run(cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("zen-proxy: refusing to start: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let provider = tls::install_crypto_provider();
+    let errors = match config::Config::load(path) {
+        Ok(cfg) => match state::Initial::load(&cfg, &provider) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0,
+        },
+        Err(e) => e.0,
+    };
+    if errors.is_empty() {
+        println!("{}: ok", path.display());
+        return ExitCode::SUCCESS;
+    }
+    for e in &errors {
+        println!("{}: {e}", path.display());
+    }
+    ExitCode::from(1)
+}

@@ -1,0 +1,140 @@
+//! Wiring: state, listeners, admin and state source into one pingora server.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use zen_trust::signature::VerifyPolicy;
+
+use crate::admin::AdminApp;
+use crate::config::Config;
+use crate::forward::Upstreams;
+use crate::metrics::Metrics;
+use crate::policy::Listener;
+use crate::reload::{FileSource, SourceService};
+use crate::service::ZenProxy;
+use crate::state::{Initial, State};
+use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
+
+/// Seconds between SIGTERM and closing listeners, then the most in-flight
+/// requests get to finish.
+const GRACE_PERIOD_SECS: u64 = 1;
+const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
+
+pub fn run(cfg: Config) -> Result<()> {
+    let provider = tls::install_crypto_provider();
+    let initial = Initial::load(&cfg, &provider).map_err(anyhow::Error::new)?;
+    let metrics = Metrics::new();
+    let state = State::new(initial, cfg.routes.clone(), cfg.replay_capacity, metrics.clone());
+    let cfg = Arc::new(cfg);
+
+    let conf = ServerConf {
+        grace_period_seconds: Some(GRACE_PERIOD_SECS),
+        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let upstreams = Arc::new(Upstreams::new(&cfg.upstreams, metrics.clone()));
+    let policy = VerifyPolicy {
+        max_age: cfg.signature.max_age,
+        max_skew: cfg.signature.max_skew,
+        require_nonce: cfg.signature.require_nonce,
+    };
+
+    // Agent listener: client certificate mandatory.
+    let agent_tls = tls_settings(&state, &provider, "agent", true, cfg.agent.allow_tls12)?;
+    let mut agent = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        ZenProxy {
+            listener: Listener::Agent,
+            identity_required: true,
+            state: state.clone(),
+            upstreams: upstreams.clone(),
+            policy,
+        },
+        "agent",
+    );
+    agent.add_tls_with_settings(&cfg.agent.address.to_string(), None, agent_tls);
+    server.add_service(agent);
+
+    if let Some(b) = &cfg.bootstrap {
+        let tls = tls_settings(&state, &provider, "bootstrap", b.require_spiffe, b.allow_tls12)?;
+        let mut boot = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            ZenProxy {
+                listener: Listener::Bootstrap,
+                identity_required: b.require_spiffe,
+                state: state.clone(),
+                upstreams: upstreams.clone(),
+                policy,
+            },
+            "bootstrap",
+        );
+        boot.add_tls_with_settings(&b.address.to_string(), None, tls);
+        server.add_service(boot);
+    }
+
+    let mut admin = Service::new(
+        "admin".into(),
+        AdminApp {
+            state: state.clone(),
+            config: cfg.clone(),
+        },
+    );
+    admin.add_tcp(&cfg.admin.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "state-source-files",
+        SourceService {
+            source: Box::new(FileSource::new(&cfg, provider.clone())),
+            state,
+        },
+    ));
+
+    tracing::info!(
+        agent = %cfg.agent.address,
+        bootstrap = ?cfg.bootstrap.as_ref().map(|b| b.address),
+        admin = %cfg.admin,
+        "zen-proxy starting"
+    );
+    server.run_forever()
+}
+
+fn tls_settings(
+    state: &Arc<State>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    listener: &'static str,
+    mandatory: bool,
+    allow_tls12: bool,
+) -> Result<TlsSettings> {
+    let metrics = state.metrics.clone();
+    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallback {
+        listener,
+        allow_tls12,
+        metrics: metrics.clone(),
+    }))
+    .context("TLS settings")?;
+    tls.set_cert_resolver(Arc::new(ServingCertResolver::new(
+        state.serving.clone(),
+        allow_tls12,
+        listener,
+        metrics.clone(),
+    )));
+    tls.set_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
+        state.bundles.clone(),
+        mandatory,
+        listener,
+        metrics,
+        provider.clone(),
+    )));
+    tls.enable_h2();
+    Ok(tls)
+}

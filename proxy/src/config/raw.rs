@@ -1,0 +1,234 @@
+//! The YAML file as written by the operator. Unknown fields are refused.
+//! `validate` turns this into the typed `Config`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Listener;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listeners: RawListeners,
+    pub tls: RawTls,
+    pub trust_bundles: Vec<RawBundle>,
+    pub key_set_file: PathBuf,
+    #[serde(default)]
+    pub revocations_file: Option<PathBuf>,
+    #[serde(default)]
+    pub signature: RawSignature,
+    #[serde(default)]
+    pub replay_cache: RawReplayCache,
+    #[serde(default)]
+    pub reload: RawReload,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListeners {
+    pub agent: RawAgentListener,
+    #[serde(default)]
+    pub bootstrap: Option<RawBootstrapListener>,
+    #[serde(default)]
+    pub admin: RawAdminListener,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Required,
+    Optional,
+    None,
+}
+
+fn default_agent_addr() -> String {
+    "0.0.0.0:9443".into()
+}
+fn default_bootstrap_addr() -> String {
+    "0.0.0.0:8443".into()
+}
+fn default_admin_addr() -> String {
+    "127.0.0.1:9901".into()
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgentListener {
+    #[serde(default = "default_agent_addr")]
+    pub address: String,
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub allow_tls12: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBootstrapListener {
+    #[serde(default = "default_bootstrap_addr")]
+    pub address: String,
+    #[serde(default)]
+    pub require_spiffe: bool,
+    #[serde(default)]
+    pub allow_tls12: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminListener {
+    #[serde(default = "default_admin_addr")]
+    pub address: String,
+}
+
+impl Default for RawAdminListener {
+    fn default() -> Self {
+        RawAdminListener {
+            address: default_admin_addr(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBundle {
+    pub trust_domain: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSignature {
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    #[serde(default = "default_max_skew")]
+    pub max_skew_secs: u64,
+    #[serde(default = "default_true")]
+    pub require_nonce: bool,
+}
+
+fn default_max_age() -> u64 {
+    300
+}
+fn default_max_skew() -> u64 {
+    5
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RawSignature {
+    fn default() -> Self {
+        RawSignature {
+            max_age_secs: default_max_age(),
+            max_skew_secs: default_max_skew(),
+            require_nonce: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplayCache {
+    #[serde(default = "default_replay_capacity")]
+    pub capacity: usize,
+}
+
+fn default_replay_capacity() -> usize {
+    1_000_000
+}
+
+impl Default for RawReplayCache {
+    fn default() -> Self {
+        RawReplayCache {
+            capacity: default_replay_capacity(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// Watch the files (inotify) in addition to SIGHUP.
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Coalesce bursts of file events (editors write several times).
+    #[serde(default = "default_debounce")]
+    pub debounce_ms: u64,
+}
+
+fn default_debounce() -> u64 {
+    100
+}
+
+impl Default for RawReload {
+    fn default() -> Self {
+        RawReload {
+            watch: true,
+            debounce_ms: default_debounce(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub address: String,
+    #[serde(default = "default_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "default_read_ms")]
+    pub write_timeout_ms: u64,
+    #[serde(default = "default_idle_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    1_000
+}
+fn default_read_ms() -> u64 {
+    60_000
+}
+fn default_idle_ms() -> u64 {
+    60_000
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    pub listener: Listener,
+    pub methods: Vec<String>,
+    pub path: String,
+    pub upstream: String,
+    pub auth: RawAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawHmac {
+    Required,
+    Off,
+}
+
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub spiffe: Vec<String>,
+    pub hmac: RawHmac,
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+}

@@ -1,0 +1,213 @@
+//! The request decision, in one place and in phase order:
+//! identity → route → SPIFFE rule → body (bounded) → signature → replay →
+//! key owner == peer → revocation. Anything not admitted is a `Refusal`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use zen_trust::replay::ReplayError;
+use zen_trust::signature::{self, RequestParts, SignatureError, VerifyPolicy};
+use zen_trust::UnixTime;
+
+use crate::policy::routes::Hmac;
+use crate::policy::{Listener, Route};
+use crate::refusal::Refusal;
+use crate::state::State;
+use crate::tls::identity::{ConnIdentity, PeerIdentity};
+
+/// What the decision needs to know about the request head.
+pub struct RequestView<'a> {
+    pub listener: Listener,
+    /// Client certificates are mandatory for every request on this listener.
+    pub identity_required: bool,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// `Content-Length`, when the client declared one.
+    pub content_length: Option<usize>,
+}
+
+/// Source of request body chunks (`None` = end of body).
+#[async_trait]
+pub trait BodySource: Send {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String>;
+}
+
+/// A request that may go to its upstream, with the exact bytes to send.
+#[derive(Debug)]
+pub struct Admitted {
+    pub route: Arc<Route>,
+    pub key_id: Option<String>,
+    pub body: Bytes,
+}
+
+impl From<SignatureError> for Refusal {
+    fn from(e: SignatureError) -> Self {
+        match e {
+            SignatureError::Missing => Refusal::SignatureMissing,
+            SignatureError::Malformed { detail } => Refusal::SignatureMalformed { detail },
+            SignatureError::KeyUnknown => Refusal::KeyUnknown,
+            SignatureError::KeyExpired => Refusal::KeyExpired,
+            SignatureError::KeyRevoked => Refusal::KeyRevoked,
+            SignatureError::Stale { detail } => Refusal::SignatureStale { detail },
+            SignatureError::DigestMismatch => Refusal::DigestMismatch,
+            SignatureError::Invalid => Refusal::SignatureInvalid,
+        }
+    }
+}
+
+impl From<ReplayError> for Refusal {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::Replay => Refusal::Replay,
+            ReplayError::Full => Refusal::ReplayCacheFull,
+        }
+    }
+}
+
+pub async fn decide(
+    state: &State,
+    policy: &VerifyPolicy,
+    conn: Option<&ConnIdentity>,
+    req: &RequestView<'_>,
+    body: &mut dyn BodySource,
+    now: UnixTime,
+) -> Result<Admitted, Refusal> {
+    // 1. Identity, established once at handshake completion.
+    let peer: Option<&PeerIdentity> = match conn {
+        Some(ConnIdentity::Peer(p)) => Some(p),
+        Some(ConnIdentity::Refused(r)) => return Err(r.clone()),
+        // No extension at all on a TLS listener means the callback did not run:
+        // treat it like a missing certificate (fail closed).
+        Some(ConnIdentity::Anonymous) | None => None,
+    };
+    if peer.is_none() && req.identity_required {
+        return Err(Refusal::ClientCertRequired);
+    }
+
+    // 2. Route.
+    let routes = state.routes.load();
+    let Some(m) = routes.find(req.listener, req.method, req.path) else {
+        return Err(Refusal::NoRoute);
+    };
+    let route = m.route.clone();
+
+    // 3. SPIFFE rule.
+    if !route.spiffe.is_empty() {
+        let Some(p) = peer else {
+            return Err(Refusal::SpiffeForbidden {
+                detail: format!("route {:?} requires a client SVID", route.name),
+            });
+        };
+        let id = p.spiffe_id.as_str();
+        if !route.spiffe.iter().any(|pat| pat.matches(id, &m.vars)) {
+            return Err(Refusal::SpiffeForbidden {
+                detail: format!("{id} may not call route {:?}", route.name),
+            });
+        }
+    }
+    drop(m);
+
+    // 4. Body, read whole and bounded before any upstream is chosen.
+    let body = read_bounded(body, req.content_length, route.max_body_bytes).await?;
+
+    // 5–7. Signature, replay, key owner.
+    let mut key_id = None;
+    if route.hmac == Hmac::Required {
+        let keys = state.keys.load();
+        let parts = RequestParts {
+            method: req.method,
+            authority: req.authority,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+        };
+        let body_ref = (!body.is_empty()).then_some(&body[..]);
+        let verified = signature::verify(policy, &parts, body_ref, &**keys, now)?;
+        state
+            .replay
+            .insert(verified.key_id(), &verified.nonce, verified.age_out, now)?;
+        state.metrics.replay_cache_entries.set(state.replay.len() as i64);
+        match peer {
+            Some(p) if verified.key.owner() == &p.spiffe_id => {}
+            Some(p) => {
+                return Err(Refusal::IdentityMismatch {
+                    detail: format!(
+                        "key {:?} belongs to {}, not to the client certificate's {}",
+                        verified.key_id(),
+                        verified.key.owner(),
+                        p.spiffe_id
+                    ),
+                })
+            }
+            // hmac routes live on the agent listener, where a peer is mandatory.
+            None => return Err(Refusal::ClientCertRequired),
+        }
+        key_id = Some(verified.key_id().to_string());
+    }
+
+    // 8. Revocation.
+    if let Some(p) = peer {
+        if state.revocations.load().is_revoked(p.spiffe_id.as_str(), &p.serial_hex) {
+            return Err(Refusal::IdentityRevoked);
+        }
+    }
+
+    Ok(Admitted { route, key_id, body })
+}
+
+async fn read_bounded(
+    src: &mut dyn BodySource,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Bytes, Refusal> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Refusal::BodyTooLarge { limit });
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = src
+        .next_chunk()
+        .await
+        .map_err(|detail| Refusal::BodyUnreadable { detail })?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(Refusal::BodyTooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Chunks(Vec<Bytes>);
+
+    #[async_trait]
+    impl BodySource for Chunks {
+        async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+            Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_body_at_and_over_limit() {
+        let mut at = Chunks(vec![Bytes::from(vec![1u8; 6]), Bytes::from(vec![2u8; 4])]);
+        assert_eq!(read_bounded(&mut at, None, 10).await.unwrap().len(), 10);
+        let mut over = Chunks(vec![Bytes::from(vec![1u8; 6]), Bytes::from(vec![2u8; 5])]);
+        assert_eq!(
+            read_bounded(&mut over, None, 10).await.unwrap_err(),
+            Refusal::BodyTooLarge { limit: 10 }
+        );
+        let mut declared = Chunks(vec![]);
+        assert_eq!(
+            read_bounded(&mut declared, Some(11), 10).await.unwrap_err(),
+            Refusal::BodyTooLarge { limit: 10 }
+        );
+    }
+}

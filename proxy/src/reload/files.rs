@@ -1,0 +1,222 @@
+//! File state source: reloads on file change (inotify via `notify`, on the
+//! parent directories so rename-swaps and symlink flips are seen) and on
+//! SIGHUP. Unchanged files (same SHA-256) are not re-parsed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use rustls::crypto::CryptoProvider;
+use sha2::{Digest, Sha256};
+
+use super::{StateSource, What};
+use crate::config::{Config, Files};
+use crate::state::{self, State};
+use crate::tls::{ServingCert, TrustBundles};
+
+pub struct FileSource {
+    config_path: PathBuf,
+    files: Files,
+    provider: Arc<CryptoProvider>,
+    watch: bool,
+    debounce: Duration,
+    upstream_names: HashSet<String>,
+    /// Content hash of what is currently published, per piece of state.
+    published: Mutex<HashMap<What, [u8; 32]>>,
+}
+
+impl FileSource {
+    pub fn new(cfg: &Config, provider: Arc<CryptoProvider>) -> Self {
+        let source = FileSource {
+            config_path: cfg.source.clone(),
+            files: cfg.files.clone(),
+            provider,
+            watch: cfg.watch_files,
+            debounce: cfg.debounce,
+            upstream_names: cfg.upstreams.iter().map(|u| u.name.clone()).collect(),
+            published: Mutex::new(HashMap::new()),
+        };
+        // The initial load published exactly these files.
+        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+            if let Ok(h) = source.hash_of(what) {
+                source.published.lock().expect("poisoned").insert(what, h);
+            }
+        }
+        source
+    }
+
+    fn paths(&self, what: What) -> Vec<PathBuf> {
+        match what {
+            What::ServingCert => vec![self.files.cert.clone(), self.files.key.clone()],
+            What::TrustBundles => self.files.bundles.iter().map(|(_, p)| p.clone()).collect(),
+            What::KeySet => vec![self.files.key_set.clone()],
+            What::Revocations => self.files.revocations.iter().cloned().collect(),
+            What::Routes => vec![self.config_path.clone()],
+        }
+    }
+
+    fn hash_of(&self, what: What) -> std::io::Result<[u8; 32]> {
+        let mut h = Sha256::new();
+        for p in self.paths(what) {
+            let bytes = std::fs::read(&p)?;
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(&bytes);
+        }
+        Ok(h.finalize().into())
+    }
+
+    /// Re-reads every file whose content changed; publishes what is valid.
+    pub fn reload(&self, state: &State) {
+        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+            if what == What::Revocations && self.files.revocations.is_none() {
+                continue;
+            }
+            let hash = match self.hash_of(what) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.count(state, what, Err(format!("cannot read: {e}")));
+                    continue;
+                }
+            };
+            if self.published.lock().expect("poisoned").get(&what) == Some(&hash) {
+                continue;
+            }
+            let res = self.apply(state, what);
+            if res.is_ok() {
+                self.published.lock().expect("poisoned").insert(what, hash);
+            }
+            self.count(state, what, res);
+        }
+    }
+
+    fn count(&self, state: &State, what: What, res: Result<(), String>) {
+        let result = match &res {
+            Ok(()) => {
+                tracing::info!(what = what.as_str(), "reloaded");
+                "ok"
+            }
+            Err(e) => {
+                tracing::warn!(what = what.as_str(), error = %e, "reload refused; keeping the previous value");
+                "error"
+            }
+        };
+        state.metrics.reloads.with_label_values(&[what.as_str(), result]).inc();
+    }
+
+    fn apply(&self, state: &State, what: What) -> Result<(), String> {
+        match what {
+            What::ServingCert => {
+                let cert = ServingCert::from_files(&self.files.cert, &self.files.key, &self.provider)
+                    .map_err(|e| e.to_string())?;
+                state.serving.store(Arc::new(cert));
+                state.published_serving();
+            }
+            What::TrustBundles => {
+                let b = TrustBundles::from_files(&self.files.bundles).map_err(|e| e.to_string())?;
+                state.bundles.store(Arc::new(b));
+                state.published_bundles();
+            }
+            What::KeySet => {
+                let k = state::load_key_set(&self.files.key_set).map_err(|e| e.to_string())?;
+                state.keys.store(Arc::new(k));
+                state.published_keys();
+            }
+            What::Revocations => {
+                let r = state::load_revocations(self.files.revocations.as_deref()).map_err(|e| e.to_string())?;
+                state.revocations.store(Arc::new(r));
+            }
+            What::Routes => {
+                let cfg = Config::load(&self.config_path).map_err(|e| e.to_string())?;
+                if let Some(r) = cfg
+                    .routes
+                    .routes()
+                    .iter()
+                    .find(|r| !self.upstream_names.contains(&r.upstream))
+                {
+                    return Err(format!(
+                        "route {:?} names upstream {:?}, which the running process does not have (restart to add upstreams)",
+                        r.name, r.upstream
+                    ));
+                }
+                state.routes.store(Arc::new(cfg.routes));
+            }
+        }
+        Ok(())
+    }
+
+    fn watch_dirs(&self) -> HashSet<PathBuf> {
+        let mut dirs = HashSet::new();
+        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+            for p in self.paths(what) {
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        dirs
+    }
+}
+
+#[async_trait]
+impl StateSource for FileSource {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    async fn run(&self, state: Arc<State>, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let _watcher = if self.watch {
+            let tx = tx.clone();
+            match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                if ev.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            }) {
+                Ok(mut w) => {
+                    for d in self.watch_dirs() {
+                        if let Err(e) = w.watch(&d, RecursiveMode::NonRecursive) {
+                            tracing::warn!(dir = %d.display(), error = %e, "cannot watch; SIGHUP still reloads");
+                        }
+                    }
+                    Some(w)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "file watching unavailable; SIGHUP still reloads");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install SIGHUP handler");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = rx.recv() => {
+                    // Coalesce a burst of events (write + chmod + rename …).
+                    tokio::time::sleep(self.debounce).await;
+                    while rx.try_recv().is_ok() {}
+                    self.reload(&state);
+                }
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading files");
+                    self.reload(&state);
+                }
+                _ = tick.tick() => {
+                    state.replay.purge_expired(zen_trust::UnixTime::now());
+                    state.metrics.replay_cache_entries.set(state.replay.len() as i64);
+                }
+            }
+        }
+    }
+}

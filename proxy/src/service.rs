@@ -1,0 +1,167 @@
+//! The pingora `ProxyHttp` implementation, one instance per listener. Reads
+//! top to bottom in phase order: request_filter (decide, then forward) →
+//! logging. No upstream phase of pingora runs: see `forward` for why.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{ProxyHttp, Session};
+use zen_trust::signature::VerifyPolicy;
+use zen_trust::UnixTime;
+
+use crate::decision::{self, BodySource, RequestView};
+use crate::forward::Upstreams;
+use crate::policy::Listener;
+use crate::refusal::Refusal;
+use crate::state::State;
+use crate::tls::identity::ConnIdentity;
+
+pub struct ZenProxy {
+    pub listener: Listener,
+    pub identity_required: bool,
+    pub state: Arc<State>,
+    pub upstreams: Arc<Upstreams>,
+    pub policy: VerifyPolicy,
+}
+
+pub struct RequestCtx {
+    started: Instant,
+    route: Option<String>,
+    status: u16,
+}
+
+/// Reads the downstream body for the decision.
+struct DownstreamBody<'s>(&'s mut Session);
+
+#[async_trait]
+impl BodySource for DownstreamBody<'_> {
+    async fn next_chunk(&mut self) -> std::result::Result<Option<Bytes>, String> {
+        self.0.read_request_body().await.map_err(|e| e.to_string())
+    }
+}
+
+impl ZenProxy {
+    async fn refuse(&self, session: &mut Session, ctx: &mut RequestCtx, refusal: &Refusal) {
+        self.state
+            .metrics
+            .refusals
+            .with_label_values(&[refusal.code()])
+            .inc();
+        ctx.status = refusal.status();
+        let body = refusal.body();
+        // An unread or partly read body cannot be skipped safely: close.
+        if !session.is_body_done() || matches!(refusal, Refusal::TlsVersion | Refusal::ClientCertRequired) {
+            session.set_keepalive(None);
+        }
+        let mut resp = ResponseHeader::build(refusal.status(), Some(3)).expect("valid status");
+        let _ = resp.insert_header("content-type", "application/json");
+        let _ = resp.insert_header("content-length", body.len().to_string());
+        if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+            tracing::debug!(error = %e, "refusal header not delivered");
+            return;
+        }
+        if let Err(e) = session.write_response_body(Some(body), true).await {
+            tracing::debug!(error = %e, "refusal body not delivered");
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for ZenProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            route: None,
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // The identity was computed at handshake completion; hold the digest
+        // Arc so it can be borrowed while the session reads the body.
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        let conn = ssl.as_deref().and_then(|d| d.extension.get::<ConnIdentity>());
+        let head = session.req_header().clone();
+        let authority = head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| head.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("");
+        let content_length = head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let view = RequestView {
+            listener: self.listener,
+            identity_required: self.identity_required,
+            method: head.method.as_str(),
+            authority,
+            path: head.uri.path(),
+            query: head.uri.query(),
+            headers: &head.headers,
+            content_length,
+        };
+        let decided = decision::decide(
+            &self.state,
+            &self.policy,
+            conn,
+            &view,
+            &mut DownstreamBody(session),
+            UnixTime::now(),
+        )
+        .await;
+        let admitted = match decided {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.refuse(session, ctx, &refusal).await;
+                return Ok(true);
+            }
+        };
+        ctx.route = Some(admitted.route.name.clone());
+        let peer = match conn {
+            Some(ConnIdentity::Peer(p)) => Some(p),
+            _ => None,
+        };
+        match self.upstreams.forward(session, &admitted, peer).await {
+            Ok(status) => ctx.status = status,
+            Err(e) if !e.response_started => {
+                tracing::warn!(route = %admitted.route.name, error = %e.detail, "upstream unavailable");
+                self.refuse(session, ctx, &Refusal::UpstreamUnavailable { detail: e.detail }).await;
+            }
+            Err(e) => {
+                tracing::warn!(route = %admitted.route.name, error = %e.detail, "response aborted");
+                session.set_keepalive(None);
+                return Err(Error::explain(ErrorType::WriteError, e.detail));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        // request_filter always answers; reaching this would bypass the decision.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "zen-proxy forwards from request_filter only",
+        ))
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let m = &self.state.metrics;
+        let status = ctx.status.to_string();
+        m.requests
+            .with_label_values(&[self.listener.as_str(), ctx.route.as_deref().unwrap_or("-"), &status])
+            .inc();
+        m.request_seconds
+            .with_label_values(&[self.listener.as_str()])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,232 @@
+//! Everything the request path reads that can change at runtime. Each piece
+//! is an `ArcSwap` with exactly one writer (the state source that loads it);
+//! readers `load()` once per request or handshake.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use serde::Deserialize;
+use zen_trust::{KeySet, KeySetFile, ReplayCache, SpiffeId};
+
+use crate::config::{Config, ConfigError, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::policy::RouteTable;
+use crate::tls::{ServingCert, TrustBundles};
+
+/// Revoked identities (DESIGN §8: "a revoked agent is refused by every proxy").
+#[derive(Debug, Default)]
+pub struct Revocations {
+    pub version: u64,
+    spiffe_ids: HashSet<String>,
+    serials: HashSet<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationsFile {
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub revoked_spiffe_ids: Vec<SpiffeId>,
+    /// Lowercase hex serials without leading zero bytes (as zen-trust prints them).
+    #[serde(default)]
+    pub revoked_serials: Vec<String>,
+}
+
+impl Revocations {
+    pub fn from_file(f: RevocationsFile) -> Self {
+        Revocations {
+            version: f.version,
+            spiffe_ids: f.revoked_spiffe_ids.iter().map(|s| s.as_str().to_string()).collect(),
+            serials: f
+                .revoked_serials
+                .iter()
+                .map(|s| s.trim_start_matches("0x").to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    pub fn is_revoked(&self, spiffe_id: &str, serial_hex: &str) -> bool {
+        self.spiffe_ids.contains(spiffe_id) || self.serials.contains(serial_hex)
+    }
+
+    pub fn entries(&self) -> usize {
+        self.spiffe_ids.len() + self.serials.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {detail}")]
+    Parse { path: String, detail: String },
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn is_json(path: &Path, text: &str) -> bool {
+    path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{')
+}
+
+/// Key set file: the shared library's `KeySetFile`, JSON or YAML.
+pub fn parse_key_set(text: &str, path: &Path) -> Result<KeySet, LoadError> {
+    let perr = |detail: String| LoadError::Parse {
+        path: path.display().to_string(),
+        detail,
+    };
+    let file: KeySetFile = if is_json(path, text) {
+        serde_json::from_str(text).map_err(|e| perr(e.to_string()))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
+    };
+    KeySet::from_file(file).map_err(|e| perr(e.to_string()))
+}
+
+pub fn load_key_set(path: &Path) -> Result<KeySet, LoadError> {
+    parse_key_set(&read(path)?, path)
+}
+
+pub fn parse_revocations(text: &str, path: &Path) -> Result<Revocations, LoadError> {
+    let perr = |detail: String| LoadError::Parse {
+        path: path.display().to_string(),
+        detail,
+    };
+    let file: RevocationsFile = if is_json(path, text) {
+        serde_json::from_str(text).map_err(|e| perr(e.to_string()))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| perr(e.to_string()))?
+    };
+    Ok(Revocations::from_file(file))
+}
+
+pub fn load_revocations(path: Option<&Path>) -> Result<Revocations, LoadError> {
+    match path {
+        Some(p) => parse_revocations(&read(p)?, p),
+        None => Ok(Revocations::default()),
+    }
+}
+
+/// The first full load, before any listener starts. Every failure is
+/// reported with the YAML path of the file that caused it.
+pub struct Initial {
+    pub serving: ServingCert,
+    pub bundles: TrustBundles,
+    pub keys: KeySet,
+    pub revocations: Revocations,
+}
+
+impl Initial {
+    pub fn load(cfg: &Config, provider: &CryptoProvider) -> Result<Initial, ConfigErrors> {
+        let mut errs = Vec::new();
+        let serving = ServingCert::from_files(&cfg.files.cert, &cfg.files.key, provider)
+            .map_err(|e| errs.push(ConfigError::new("tls.cert_file / tls.key_file", e.to_string())))
+            .ok();
+        let mut bundles_ok = true;
+        for (i, (td, path)) in cfg.files.bundles.iter().enumerate() {
+            if let Err(e) = crate::tls::verifier::load_bundle_file(td, path) {
+                bundles_ok = false;
+                errs.push(ConfigError::new(format!("trust_bundles[{i}].file"), e.to_string()));
+            }
+        }
+        let bundles = if bundles_ok {
+            TrustBundles::from_files(&cfg.files.bundles)
+                .map_err(|e| errs.push(ConfigError::new("trust_bundles", e.to_string())))
+                .ok()
+        } else {
+            None
+        };
+        let keys = load_key_set(&cfg.files.key_set)
+            .map_err(|e| errs.push(ConfigError::new("key_set_file", e.to_string())))
+            .ok();
+        let revocations = load_revocations(cfg.files.revocations.as_deref())
+            .map_err(|e| errs.push(ConfigError::new("revocations_file", e.to_string())))
+            .ok();
+        match (serving, bundles, keys, revocations) {
+            (Some(serving), Some(bundles), Some(keys), Some(revocations)) if errs.is_empty() => Ok(Initial {
+                serving,
+                bundles,
+                keys,
+                revocations,
+            }),
+            _ => Err(ConfigErrors(errs)),
+        }
+    }
+}
+
+/// Readiness per piece of state (`/readyz`).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    pub serving_cert: AtomicBool,
+    pub trust_bundles: AtomicBool,
+    pub key_set: AtomicBool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.serving_cert.load(Ordering::Acquire)
+            && self.trust_bundles.load(Ordering::Acquire)
+            && self.key_set.load(Ordering::Acquire)
+    }
+}
+
+pub struct State {
+    pub serving: Arc<ArcSwap<ServingCert>>,
+    pub bundles: Arc<ArcSwap<TrustBundles>>,
+    pub keys: ArcSwap<KeySet>,
+    pub routes: ArcSwap<RouteTable>,
+    pub revocations: ArcSwap<Revocations>,
+    pub replay: ReplayCache,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+}
+
+impl State {
+    pub fn new(initial: Initial, routes: RouteTable, replay_capacity: usize, metrics: Metrics) -> Arc<State> {
+        let state = State {
+            serving: Arc::new(ArcSwap::from_pointee(initial.serving)),
+            bundles: Arc::new(ArcSwap::from_pointee(initial.bundles)),
+            keys: ArcSwap::from_pointee(initial.keys),
+            routes: ArcSwap::from_pointee(routes),
+            revocations: ArcSwap::from_pointee(initial.revocations),
+            replay: ReplayCache::new(replay_capacity),
+            metrics,
+            readiness: Readiness::default(),
+        };
+        state.published_serving();
+        state.published_bundles();
+        state.published_keys();
+        Arc::new(state)
+    }
+
+    // The `published_*` helpers update readiness and gauges after a store.
+    pub fn published_serving(&self) {
+        let cert = self.serving.load();
+        let left = cert.not_after - zen_trust::UnixTime::now().0;
+        self.metrics.serving_cert_expiry_seconds.set(left);
+        self.readiness.serving_cert.store(true, Ordering::Release);
+        self.metrics.loaded.with_label_values(&["serving_cert"]).set(1);
+    }
+
+    pub fn published_bundles(&self) {
+        self.readiness.trust_bundles.store(true, Ordering::Release);
+        self.metrics.loaded.with_label_values(&["trust_bundles"]).set(1);
+    }
+
+    pub fn published_keys(&self) {
+        let keys = self.keys.load();
+        self.metrics.key_set_version.set(keys.version() as i64);
+        self.metrics.key_set_keys.set(keys.len() as i64);
+        self.readiness.key_set.store(true, Ordering::Release);
+        self.metrics.loaded.with_label_values(&["key_set"]).set(1);
+    }
+}

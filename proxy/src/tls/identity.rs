@@ -1,0 +1,91 @@
+//! The peer identity, computed once per connection when the handshake
+//! completes and stored in pingora's `SslDigest` extension; requests only
+//! read it.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora_core::listeners::TlsAccept;
+use pingora_core::protocols::tls::TlsRef;
+use zen_trust::SpiffeId;
+
+use crate::metrics::Metrics;
+use crate::refusal::Refusal;
+
+/// A verified client SVID.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    pub spiffe_id: SpiffeId,
+    pub serial_hex: String,
+    /// Envoy-format `x-forwarded-client-cert`, built once per connection.
+    pub xfcc: HeaderValue,
+    pub spiffe_header: HeaderValue,
+}
+
+/// What the connection established about its peer.
+#[derive(Debug)]
+pub enum ConnIdentity {
+    Peer(PeerIdentity),
+    /// No client certificate (allowed only where the listener says so).
+    Anonymous,
+    /// The connection must not serve requests (e.g. a TLS version the
+    /// listener does not allow slipped past the ClientHello check).
+    Refused(Refusal),
+}
+
+pub struct HandshakeCallback {
+    pub listener: &'static str,
+    pub allow_tls12: bool,
+    pub metrics: Metrics,
+}
+
+impl HandshakeCallback {
+    fn identify(&self, tls: &TlsRef) -> ConnIdentity {
+        if !self.allow_tls12 && tls.version() != Some("TLSv1.3") {
+            return ConnIdentity::Refused(Refusal::TlsVersion);
+        }
+        let Some(der) = tls.peer_certificate_der() else {
+            return ConnIdentity::Anonymous;
+        };
+        // The verifier already accepted this leaf; this parse is the one
+        // place its identity is extracted for the connection's lifetime.
+        match zen_trust::check_svid_leaf(der, zen_trust::UnixTime::now()) {
+            Ok(leaf) => {
+                let hash = leaf.der_sha256_hex();
+                let xfcc = format!("Hash={hash};URI={}", leaf.spiffe_id.as_str());
+                match (
+                    HeaderValue::from_str(&xfcc),
+                    HeaderValue::from_str(leaf.spiffe_id.as_str()),
+                ) {
+                    (Ok(xfcc), Ok(spiffe_header)) => ConnIdentity::Peer(PeerIdentity {
+                        spiffe_id: leaf.spiffe_id,
+                        serial_hex: leaf.serial_hex,
+                        xfcc,
+                        spiffe_header,
+                    }),
+                    _ => ConnIdentity::Refused(Refusal::ClientCertRequired),
+                }
+            }
+            Err(_) => ConnIdentity::Refused(Refusal::ClientCertRequired),
+        }
+    }
+}
+
+#[async_trait]
+impl TlsAccept for HandshakeCallback {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        let id = self.identify(tls);
+        let result = match &id {
+            ConnIdentity::Peer(_) => "ok",
+            ConnIdentity::Anonymous => "ok_anonymous",
+            ConnIdentity::Refused(r) => r.code(),
+        };
+        self.metrics
+            .tls_handshakes
+            .with_label_values(&[self.listener, result])
+            .inc();
+        Some(Arc::new(id))
+    }
+}
