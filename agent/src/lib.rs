@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod csr;
+pub mod enroll;
 pub mod files;
 pub mod tls;

@@ -8,9 +8,14 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::Method;
+use std::time::Duration;
+
 use zen_agent::client::{self, SigningKey};
+use zen_agent::enroll::{enroll, EnrollRequest};
 use zen_agent::files::AgentFiles;
 use zen_agent::tls;
+use zen_trust::secret::Secret;
+use zen_trust::spiffe::SpiffeId;
 
 #[derive(Parser)]
 #[command(name = "zen-agent", version, about = "Zen Mesh agent")]
@@ -21,6 +26,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Enroll with a one-use token: writes svid.pem, svid.key, bundle.pem and hmac.json into --out.
+    Enroll {
+        /// Bootstrap listener of the proxy, e.g. https://localhost:8443.
+        #[arg(long)]
+        server: String,
+        /// Agent listener for the confirm step [default: --server's host, port 9443].
+        #[arg(long)]
+        agent_server: Option<String>,
+        #[arg(long)]
+        token_id: String,
+        /// The token secret (base64); prefer the environment variable to keep it out of `ps`.
+        #[arg(long, env = "ZEN_TOKEN_SECRET", hide_env_values = true)]
+        token_secret: String,
+        #[arg(long)]
+        spiffe_id: String,
+        /// Trust bundle that verifies the proxy's serving certificate.
+        #[arg(long)]
+        ca_file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// A curl for the mesh: mTLS with the enrolled SVID and a zen-hmac-v1 signature.
     Request {
         /// The agent's credential directory (svid.pem, svid.key, bundle.pem, hmac.json).
@@ -68,6 +94,45 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Enroll {
+            server,
+            agent_server,
+            token_id,
+            token_secret,
+            spiffe_id,
+            ca_file,
+            out,
+        } => {
+            let spiffe_id: SpiffeId = spiffe_id
+                .parse()
+                .with_context(|| format!("--spiffe-id {spiffe_id:?}"))?;
+            let token_secret =
+                Secret::from_base64(token_secret.trim()).context("--token-secret is not base64")?;
+            let agent_server = match agent_server {
+                Some(url) => url,
+                None => default_agent_server(&server)?,
+            };
+            let request = EnrollRequest {
+                server,
+                agent_server,
+                token_id,
+                token_secret,
+                spiffe_id,
+                ca_file,
+                out,
+                confirm_patience: Duration::from_secs(15),
+            };
+            let bundle = enroll(&request).await?;
+            println!(
+                "enrolled {} (enrollment {}); SVID valid until {}, renew after {}; files in {}",
+                bundle.spiffe_id,
+                bundle.enrollment_id,
+                bundle.expires_at,
+                bundle.renew_after,
+                request.out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Request {
             dir,
             unsigned,
@@ -112,6 +177,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `https://HOST:8443` → `https://HOST:9443`: the agent listener beside the bootstrap one.
+fn default_agent_server(server: &str) -> anyhow::Result<String> {
+    let uri: http::Uri = server
+        .parse()
+        .with_context(|| format!("--server {server:?} is not a URL"))?;
+    let host = uri
+        .host()
+        .with_context(|| format!("--server {server:?} has no host"))?;
+    Ok(format!("https://{host}:9443"))
 }
 
 fn read_body(data: String) -> anyhow::Result<Bytes> {
