@@ -1,0 +1,362 @@
+//! Replay cache: remembers `(keyid, nonce)` until the signature ages out.
+//!
+//! Sharded (short per-shard critical sections), bounded (a global count;
+//! when full it refuses rather than forgetting live entries), and
+//! time-bucketed (each shard keeps its entries grouped by age-out second, so
+//! expiry pops whole buckets: O(1) amortised per entry). Entries are stored
+//! as a 128-bit keyed hash of the pair, so no per-entry string allocation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::time::UnixTime;
+
+const SHARDS: usize = 64;
+
+/// Why an insert was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("this (keyid, nonce) was already used within the signature's lifetime")]
+    Replay,
+    #[error("replay cache is full; refusing rather than forgetting live nonces")]
+    Full,
+}
+
+impl ReplayError {
+    /// The DESIGN §6 error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReplayError::Replay => "replay",
+            ReplayError::Full => "replay_cache_full",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ReplayError::Replay => 401,
+            ReplayError::Full => 503,
+        }
+    }
+}
+
+/// The keys are already uniformly random (keyed hashes), so the map only
+/// needs to take 64 of their bits.
+#[derive(Default, Clone, Copy)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct BuildPassThrough;
+
+impl BuildHasher for BuildPassThrough {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// hash → age-out second.
+    entries: HashMap<u128, i64, BuildPassThrough>,
+    /// age-out second → hashes that age out then.
+    buckets: BTreeMap<i64, Vec<u128>>,
+    /// Emptied bucket vectors, reused to keep inserts allocation-free.
+    spare: Vec<Vec<u128>>,
+}
+
+impl Shard {
+    /// Drops every entry whose age-out second is before `now`; returns how many.
+    fn expire(&mut self, now: i64) -> usize {
+        let mut freed = 0;
+        while let Some(entry) = self.buckets.first_entry() {
+            if *entry.key() >= now {
+                break;
+            }
+            let mut hashes = entry.remove();
+            for h in hashes.drain(..) {
+                if self.entries.remove(&h).is_some() {
+                    freed += 1;
+                }
+            }
+            if self.spare.len() < 8 {
+                self.spare.push(hashes);
+            }
+        }
+        freed
+    }
+
+    fn insert(&mut self, h: u128, age_out: i64) {
+        self.entries.insert(h, age_out);
+        let spare = &mut self.spare;
+        self.buckets
+            .entry(age_out)
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(h);
+    }
+}
+
+#[repr(align(64))]
+struct PaddedShard(Mutex<Shard>);
+
+/// Bounded, concurrent insert-if-absent set of `(key id, nonce)` pairs.
+pub struct ReplayCache {
+    shards: Box<[PaddedShard]>,
+    len: AtomicUsize,
+    capacity: usize,
+    hash_lo: ahash::RandomState,
+    hash_hi: ahash::RandomState,
+}
+
+impl std::fmt::Debug for ReplayCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl ReplayCache {
+    /// A cache holding at most `capacity` live entries. Hash keys are random
+    /// per process, so entries cannot be aimed at one shard or slot.
+    pub fn new(capacity: usize) -> ReplayCache {
+        let shards = (0..SHARDS)
+            .map(|_| PaddedShard(Mutex::new(Shard::default())))
+            .collect();
+        ReplayCache {
+            shards,
+            len: AtomicUsize::new(0),
+            capacity,
+            hash_lo: ahash::RandomState::new(),
+            hash_hi: ahash::RandomState::new(),
+        }
+    }
+
+    fn hash(&self, key_id: &str, nonce: &str) -> u128 {
+        // Hashing the tuple delimits the two strings ("ab","c" ≠ "a","bc").
+        let lo = self.hash_lo.hash_one((key_id, nonce));
+        let hi = self.hash_hi.hash_one((key_id, nonce));
+        (u128::from(hi) << 64) | u128::from(lo)
+    }
+
+    fn try_reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.capacity).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Records `(key_id, nonce)` until `age_out` (inclusive). Refuses a pair
+    /// that is still recorded, and refuses anything when the cache is full of
+    /// live entries.
+    pub fn insert(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        age_out: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), ReplayError> {
+        let h = self.hash(key_id, nonce);
+        let shard_idx = ((h >> 64) as usize) % SHARDS;
+        let shard = &self.shards[shard_idx].0;
+        let now = now.as_secs();
+        // An already-aged-out signature is remembered for the current second
+        // at least, so a caller bug cannot open a replay window.
+        let age_out = age_out.as_secs().max(now);
+        for attempt in 0..2 {
+            {
+                let mut s = shard.lock();
+                let freed = s.expire(now);
+                if freed > 0 {
+                    self.len.fetch_sub(freed, Ordering::AcqRel);
+                }
+                if s.entries.contains_key(&h) {
+                    return Err(ReplayError::Replay);
+                }
+                if self.try_reserve() {
+                    s.insert(h, age_out);
+                    return Ok(());
+                }
+            }
+            if attempt == 0 {
+                // Other shards expire lazily; reclaim them before refusing.
+                self.purge_expired(UnixTime(now));
+            }
+        }
+        Err(ReplayError::Full)
+    }
+
+    /// Drops aged-out entries from every shard.
+    pub fn purge_expired(&self, now: UnixTime) {
+        for shard in self.shards.iter() {
+            let freed = shard.0.lock().expire(now.as_secs());
+            if freed > 0 {
+                self.len.fetch_sub(freed, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Live entries (entries not yet purged are counted until a purge).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn duplicate_is_refused_until_age_out() {
+        let c = ReplayCache::new(10);
+        let t = UnixTime(1000);
+        c.insert("k", "n1", UnixTime(1300), t).unwrap();
+        assert_eq!(
+            c.insert("k", "n1", UnixTime(1300), t),
+            Err(ReplayError::Replay)
+        );
+        // Same nonce under another key is a different pair.
+        c.insert("k2", "n1", UnixTime(1300), t).unwrap();
+        // Still refused at the age-out second itself.
+        assert_eq!(
+            c.insert("k", "n1", UnixTime(1300), UnixTime(1300)),
+            Err(ReplayError::Replay)
+        );
+        // After age-out the pair is accepted again.
+        c.insert("k", "n1", UnixTime(1601), UnixTime(1301)).unwrap();
+        c.purge_expired(UnixTime(1301));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn tuple_boundaries_are_kept() {
+        let c = ReplayCache::new(10);
+        c.insert("ab", "c", UnixTime(10), UnixTime(0)).unwrap();
+        c.insert("a", "bc", UnixTime(10), UnixTime(0)).unwrap();
+    }
+
+    #[test]
+    fn full_refuses_then_recovers_after_age_out() {
+        let c = ReplayCache::new(100);
+        for i in 0..100 {
+            c.insert("k", &format!("n{i}"), UnixTime(50), UnixTime(0))
+                .unwrap();
+        }
+        assert_eq!(c.len(), 100);
+        assert_eq!(
+            c.insert("k", "new", UnixTime(50), UnixTime(10)),
+            Err(ReplayError::Full)
+        );
+        // A duplicate is still reported as a replay, not as full.
+        assert_eq!(
+            c.insert("k", "n5", UnixTime(50), UnixTime(10)),
+            Err(ReplayError::Replay)
+        );
+        assert_eq!(c.len(), 100);
+        // Once everything aged out (now > 50), inserts work again and the
+        // count reflects only live entries.
+        c.insert("k", "new", UnixTime(100), UnixTime(51)).unwrap();
+        // Other shards expire lazily; a purge brings the count to live entries.
+        c.purge_expired(UnixTime(51));
+        assert_eq!(c.len(), 1);
+        c.insert("k", "n5", UnixTime(100), UnixTime(51)).unwrap();
+    }
+
+    #[test]
+    fn zero_capacity_is_always_full() {
+        let c = ReplayCache::new(0);
+        assert_eq!(
+            c.insert("k", "n", UnixTime(5), UnixTime(0)),
+            Err(ReplayError::Full)
+        );
+    }
+
+    #[test]
+    fn stale_age_out_is_still_remembered_for_now() {
+        let c = ReplayCache::new(10);
+        c.insert("k", "n", UnixTime(5), UnixTime(10)).unwrap();
+        assert_eq!(
+            c.insert("k", "n", UnixTime(5), UnixTime(10)),
+            Err(ReplayError::Replay)
+        );
+    }
+
+    #[test]
+    fn concurrent_same_nonce_exactly_one_wins() {
+        for round in 0..50 {
+            let c = Arc::new(ReplayCache::new(1000));
+            let barrier = Arc::new(std::sync::Barrier::new(4));
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let c = c.clone();
+                    let b = barrier.clone();
+                    std::thread::spawn(move || {
+                        b.wait();
+                        c.insert("k", &format!("nonce-{round}"), UnixTime(100), UnixTime(0))
+                    })
+                })
+                .collect();
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+            assert!(results
+                .iter()
+                .all(|r| r.is_ok() || *r == Err(ReplayError::Replay)));
+        }
+    }
+
+    #[test]
+    fn concurrent_distinct_nonces_respect_capacity() {
+        let c = Arc::new(ReplayCache::new(1000));
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .filter(|i| {
+                            c.insert("k", &format!("{t}-{i}"), UnixTime(100), UnixTime(0))
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(ok, 1000);
+        assert_eq!(c.len(), 1000);
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(ReplayError::Replay.code(), "replay");
+        assert_eq!(ReplayError::Replay.status(), 401);
+        assert_eq!(ReplayError::Full.code(), "replay_cache_full");
+        assert_eq!(ReplayError::Full.status(), 503);
+    }
+}

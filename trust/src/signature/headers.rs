@@ -1,0 +1,141 @@
+//! Access to request header fields in the form RFC 9421 §2.1 signs them.
+
+use std::borrow::Cow;
+
+/// Header access for signing and verifying.
+pub trait HeaderLookup {
+    /// All values of the field `lowercase_name`, each trimmed of leading and
+    /// trailing whitespace, joined with ", " (RFC 9421 §2.1); `None` when the
+    /// field is absent.
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>>;
+}
+
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches(|c| c == ' ' || c == '\t')
+}
+
+fn trim_ows_bytes(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |i| i + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+/// Joins values; the single-value case borrows (the common case on the hot path).
+fn join<'a, I: Iterator<Item = Cow<'a, str>>>(mut values: I) -> Option<Cow<'a, str>> {
+    let first = values.next()?;
+    match values.next() {
+        None => Some(first),
+        Some(second) => {
+            let mut out = String::with_capacity(first.len() + second.len() + 2);
+            out.push_str(&first);
+            out.push_str(", ");
+            out.push_str(&second);
+            for v in values {
+                out.push_str(", ");
+                out.push_str(&v);
+            }
+            Some(Cow::Owned(out))
+        }
+    }
+}
+
+impl HeaderLookup for http::HeaderMap {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        // Non-UTF-8 bytes become U+FFFD: such a value can only fail to verify.
+        join(
+            self.get_all(lowercase_name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(trim_ows_bytes(v.as_bytes()))),
+        )
+    }
+}
+
+impl HeaderLookup for [(&str, &str)] {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        join(
+            self.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(lowercase_name))
+                .map(|(_, v)| Cow::Borrowed(trim_ows(v))),
+        )
+    }
+}
+
+impl<const N: usize> HeaderLookup for [(&str, &str); N] {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        self.as_slice().combined(lowercase_name)
+    }
+}
+
+impl HeaderLookup for &[(&str, &str)] {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        (**self).combined(lowercase_name)
+    }
+}
+
+impl HeaderLookup for Vec<(&str, &str)> {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        self.as_slice().combined(lowercase_name)
+    }
+}
+
+impl HeaderLookup for Vec<(String, String)> {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        join(
+            self.iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(lowercase_name))
+                .map(|(_, v)| Cow::Borrowed(trim_ows(v))),
+        )
+    }
+}
+
+/// A header view with one field replaced (or added). The signer uses it to
+/// sign the `Content-Digest` it is about to send.
+pub struct Overlay<'a> {
+    pub inner: &'a dyn HeaderLookup,
+    pub name: &'a str,
+    pub value: &'a str,
+}
+
+impl HeaderLookup for Overlay<'_> {
+    fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        if lowercase_name == self.name {
+            Some(Cow::Borrowed(self.value))
+        } else {
+            self.inner.combined(lowercase_name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_map_combines_and_trims() {
+        let mut h = http::HeaderMap::new();
+        h.append("x-a", " one ".parse().unwrap());
+        h.append("x-a", "two\t".parse().unwrap());
+        h.insert("x-b", "solo".parse().unwrap());
+        assert_eq!(h.combined("x-a").as_deref(), Some("one, two"));
+        assert_eq!(h.combined("x-b").as_deref(), Some("solo"));
+        assert!(matches!(h.combined("x-b"), Some(Cow::Borrowed(_))));
+        assert_eq!(h.combined("x-c"), None);
+        assert_eq!(h.combined("bad name"), None);
+    }
+
+    #[test]
+    fn slices_combine_case_insensitively() {
+        let h = [("X-A", "1"), ("x-a", " 2"), ("y", "")];
+        assert_eq!(h.combined("x-a").as_deref(), Some("1, 2"));
+        assert_eq!(h.combined("y").as_deref(), Some(""));
+        assert_eq!(h[..].combined("z"), None);
+        let v = vec![("x".to_string(), "v".to_string())];
+        assert_eq!(v.combined("x").as_deref(), Some("v"));
+    }
+}
