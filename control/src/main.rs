@@ -265,8 +265,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&v);
             } else {
                 println!(
-                    "{:<60} {:<10} {:<22} {:<12} {}",
-                    "SPIFFE ID", "STATUS", "LAST SEEN", "VERSION", "AGENT STATUS"
+                    "{:<60} {:<10} {:<22} {:<12} AGENT STATUS",
+                    "SPIFFE ID", "STATUS", "LAST SEEN", "VERSION"
                 );
                 for a in v.as_array().into_iter().flatten() {
                     println!(

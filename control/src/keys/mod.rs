@@ -132,14 +132,11 @@ async fn rotate_where(
         if only.is_some_and(|o| o != k.owner) {
             continue;
         }
-        // A key issued for the future (successor) counts; one already retiring does not
-        // trigger another successor by itself.
         by_owner.entry(&k.owner).or_default().push(k);
     }
     let mut rot = KeyRotation::default();
     for (owner, keys) in &by_owner {
-        let active: Vec<&KeyRecord> = keys.iter().copied().collect();
-        plan_owner(app, owner, &active, now, force, actor, &mut rot);
+        plan_owner(app, owner, keys, now, force, actor, &mut rot);
     }
     let owners: Vec<String> = rot.new_keys.iter().map(|k| k.owner.clone()).collect();
     if rot.new_keys.is_empty() {

@@ -14,7 +14,8 @@ use crate::app::App;
 
 pub struct SyncHub {
     tx: watch::Sender<u64>,
-    cache: Mutex<Option<(u64, Bytes, usize)>>,
+    /// (version, body, key count, valid until): a cached body also goes stale when a key in it ends.
+    cache: Mutex<Option<(u64, Bytes, usize, i64)>>,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -64,8 +65,9 @@ impl SyncHub {
 /// Builds (or reuses) the proxy state at the current version.
 pub async fn current_state(app: &App) -> anyhow::Result<BuiltState> {
     let version = app.store.state_version().await?;
-    if let Some((v, body, keys)) = app.sync.cache.lock().expect("cache lock").as_ref() {
-        if *v == version {
+    let now = app.now();
+    if let Some((v, body, keys, until)) = app.sync.cache.lock().expect("cache lock").as_ref() {
+        if *v == version && now < *until {
             return Ok(BuiltState {
                 version,
                 body: body.clone(),
@@ -73,7 +75,6 @@ pub async fn current_state(app: &App) -> anyhow::Result<BuiltState> {
             });
         }
     }
-    let now = app.now();
     let records = app.store.live_keys(now).await?;
     let mut keys = Vec::with_capacity(records.len());
     for k in &records {
@@ -85,13 +86,14 @@ pub async fn current_state(app: &App) -> anyhow::Result<BuiltState> {
             SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("stored revoked id `{id}`: {e}"))?,
         );
     }
-    let revoked_serials = app
-        .store
-        .revoked_serials(now)
-        .await?
-        .into_iter()
-        .map(|r| r.serial)
-        .collect();
+    let serials = app.store.revoked_serials(now).await?;
+    let valid_until = records
+        .iter()
+        .map(|k| k.not_after)
+        .chain(serials.iter().map(|r| r.not_after))
+        .min()
+        .unwrap_or(i64::MAX);
+    let revoked_serials = serials.into_iter().map(|r| r.serial).collect();
     let state = ProxyState {
         version,
         trust_domain: app.cfg.trust_domain.clone(),
@@ -103,7 +105,7 @@ pub async fn current_state(app: &App) -> anyhow::Result<BuiltState> {
     };
     let n = state.keys.len();
     let body = Bytes::from(serde_json::to_vec(&state)?);
-    *app.sync.cache.lock().expect("cache lock") = Some((version, body.clone(), n));
+    *app.sync.cache.lock().expect("cache lock") = Some((version, body.clone(), n, valid_until));
     app.sync.publish(version);
     Ok(BuiltState {
         version,
