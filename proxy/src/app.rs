@@ -29,13 +29,20 @@ pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
     let initial = Initial::load(&cfg, &provider).map_err(anyhow::Error::new)?;
     let metrics = Metrics::new();
-    let state = State::new(initial, cfg.routes.clone(), cfg.replay_capacity, metrics.clone());
+    let state = State::new(
+        initial,
+        cfg.routes.clone(),
+        cfg.replay_capacity,
+        metrics.clone(),
+    );
     let cfg = Arc::new(cfg);
 
     let conf = ServerConf {
         grace_period_seconds: Some(GRACE_PERIOD_SECS),
         graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -65,7 +72,13 @@ pub fn run(cfg: Config) -> Result<()> {
     server.add_service(agent);
 
     if let Some(b) = &cfg.bootstrap {
-        let tls = tls_settings(&state, &provider, "bootstrap", b.require_spiffe, b.allow_tls12)?;
+        let tls = tls_settings(
+            &state,
+            &provider,
+            "bootstrap",
+            b.require_spiffe,
+            b.allow_tls12,
+        )?;
         let mut boot = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,
             ZenProxy {
@@ -131,6 +144,7 @@ fn tls_settings(
     tls.set_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
         state.bundles.clone(),
         mandatory,
+        allow_tls12,
         listener,
         metrics,
         provider.clone(),

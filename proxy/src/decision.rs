@@ -131,7 +131,10 @@ pub async fn decide(
         state
             .replay
             .insert(verified.key_id(), &verified.nonce, verified.age_out, now)?;
-        state.metrics.replay_cache_entries.set(state.replay.len() as i64);
+        state
+            .metrics
+            .replay_cache_entries
+            .set(state.replay.len() as i64);
         match peer {
             Some(p) if verified.key.owner() == &p.spiffe_id => {}
             Some(p) => {
@@ -152,12 +155,20 @@ pub async fn decide(
 
     // 8. Revocation.
     if let Some(p) = peer {
-        if state.revocations.load().is_revoked(p.spiffe_id.as_str(), &p.serial_hex) {
+        if state
+            .revocations
+            .load()
+            .is_revoked(p.spiffe_id.as_str(), &p.serial_hex)
+        {
             return Err(Refusal::IdentityRevoked);
         }
     }
 
-    Ok(Admitted { route, key_id, body })
+    Ok(Admitted {
+        route,
+        key_id,
+        body,
+    })
 }
 
 async fn read_bounded(

@@ -19,7 +19,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "zen-proxy", version, about = "Zen Mesh mTLS + SPIFFE + HMAC enforcement sidecar")]
+#[command(
+    name = "zen-proxy",
+    version,
+    about = "Zen Mesh mTLS + SPIFFE + HMAC enforcement sidecar"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

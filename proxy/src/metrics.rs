@@ -28,12 +28,18 @@ impl Metrics {
         // Latencies of a local sidecar: 50 µs .. ~26 s.
         let buckets = exponential_buckets(0.000_05, 2.0, 20).expect("static bucket layout");
         let requests = IntCounterVec::new(
-            Opts::new("zen_proxy_requests_total", "Requests by listener, route and status"),
+            Opts::new(
+                "zen_proxy_requests_total",
+                "Requests by listener, route and status",
+            ),
             &["listener", "route", "status"],
         )
         .expect("metric");
         let refusals = IntCounterVec::new(
-            Opts::new("zen_proxy_refusals_total", "Refused requests by reason code"),
+            Opts::new(
+                "zen_proxy_refusals_total",
+                "Refused requests by reason code",
+            ),
             &["reason"],
         )
         .expect("metric");
@@ -71,11 +77,16 @@ impl Metrics {
         let key_set_version =
             IntGauge::new("zen_proxy_key_set_version", "Version of the loaded key set")
                 .expect("metric");
-        let key_set_keys =
-            IntGauge::new("zen_proxy_key_set_keys", "Number of keys in the loaded key set")
-                .expect("metric");
+        let key_set_keys = IntGauge::new(
+            "zen_proxy_key_set_keys",
+            "Number of keys in the loaded key set",
+        )
+        .expect("metric");
         let reloads = IntCounterVec::new(
-            Opts::new("zen_proxy_reloads_total", "State reloads by what and result"),
+            Opts::new(
+                "zen_proxy_reloads_total",
+                "State reloads by what and result",
+            ),
             &["what", "result"],
         )
         .expect("metric");
@@ -85,7 +96,10 @@ impl Metrics {
         )
         .expect("metric");
         let loaded = IntGaugeVec::new(
-            Opts::new("zen_proxy_state_loaded", "1 when this piece of state is loaded"),
+            Opts::new(
+                "zen_proxy_state_loaded",
+                "1 when this piece of state is loaded",
+            ),
             &["what"],
         )
         .expect("metric");

@@ -11,24 +11,38 @@ pub enum Refusal {
     /// The connection negotiated a TLS version the listener does not allow.
     TlsVersion,
     NoRoute,
-    SpiffeForbidden { detail: String },
+    SpiffeForbidden {
+        detail: String,
+    },
     SignatureMissing,
-    SignatureMalformed { detail: String },
+    SignatureMalformed {
+        detail: String,
+    },
     KeyUnknown,
     KeyExpired,
     KeyRevoked,
-    SignatureStale { detail: String },
+    SignatureStale {
+        detail: String,
+    },
     Replay,
     DigestMismatch,
     SignatureInvalid,
-    IdentityMismatch { detail: String },
+    IdentityMismatch {
+        detail: String,
+    },
     /// The peer's SPIFFE ID or certificate serial is on the revocation list.
     IdentityRevoked,
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
     /// The request body could not be read (client went away, bad framing).
-    BodyUnreadable { detail: String },
+    BodyUnreadable {
+        detail: String,
+    },
     ReplayCacheFull,
-    UpstreamUnavailable { detail: String },
+    UpstreamUnavailable {
+        detail: String,
+    },
 }
 
 impl Refusal {
@@ -38,8 +52,14 @@ impl Refusal {
             ClientCertRequired | TlsVersion => 401,
             NoRoute => 404,
             SpiffeForbidden { .. } | IdentityMismatch { .. } | IdentityRevoked => 403,
-            SignatureMissing | KeyUnknown | KeyExpired | KeyRevoked | SignatureStale { .. }
-            | Replay | DigestMismatch | SignatureInvalid => 401,
+            SignatureMissing
+            | KeyUnknown
+            | KeyExpired
+            | KeyRevoked
+            | SignatureStale { .. }
+            | Replay
+            | DigestMismatch
+            | SignatureInvalid => 401,
             SignatureMalformed { .. } | BodyUnreadable { .. } => 400,
             BodyTooLarge { .. } => 413,
             ReplayCacheFull => 503,
@@ -121,20 +141,45 @@ mod tests {
     #[test]
     fn design_codes_have_design_statuses() {
         let cases = [
-            (Refusal::SpiffeForbidden { detail: String::new() }, 403),
+            (
+                Refusal::SpiffeForbidden {
+                    detail: String::new(),
+                },
+                403,
+            ),
             (Refusal::SignatureMissing, 401),
-            (Refusal::SignatureMalformed { detail: String::new() }, 400),
+            (
+                Refusal::SignatureMalformed {
+                    detail: String::new(),
+                },
+                400,
+            ),
             (Refusal::KeyUnknown, 401),
             (Refusal::KeyExpired, 401),
             (Refusal::KeyRevoked, 401),
-            (Refusal::SignatureStale { detail: String::new() }, 401),
+            (
+                Refusal::SignatureStale {
+                    detail: String::new(),
+                },
+                401,
+            ),
             (Refusal::Replay, 401),
             (Refusal::DigestMismatch, 401),
             (Refusal::SignatureInvalid, 401),
-            (Refusal::IdentityMismatch { detail: String::new() }, 403),
+            (
+                Refusal::IdentityMismatch {
+                    detail: String::new(),
+                },
+                403,
+            ),
             (Refusal::BodyTooLarge { limit: 1 }, 413),
             (Refusal::ReplayCacheFull, 503),
-            (Refusal::UpstreamUnavailable { detail: String::new() }, 502),
+            (
+                Refusal::UpstreamUnavailable {
+                    detail: String::new(),
+                },
+                502,
+            ),
         ];
         for (r, status) in cases {
             assert_eq!(r.status(), status, "{}", r.code());

@@ -55,7 +55,9 @@ impl ZenProxy {
         ctx.status = refusal.status();
         let body = refusal.body();
         // An unread or partly read body cannot be skipped safely: close.
-        if !session.is_body_done() || matches!(refusal, Refusal::TlsVersion | Refusal::ClientCertRequired) {
+        if !session.is_body_done()
+            || matches!(refusal, Refusal::TlsVersion | Refusal::ClientCertRequired)
+        {
             session.set_keepalive(None);
         }
         let mut resp = ResponseHeader::build(refusal.status(), Some(3)).expect("valid status");
@@ -87,7 +89,9 @@ impl ProxyHttp for ZenProxy {
         // The identity was computed at handshake completion; hold the digest
         // Arc so it can be borrowed while the session reads the body.
         let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
-        let conn = ssl.as_deref().and_then(|d| d.extension.get::<ConnIdentity>());
+        let conn = ssl
+            .as_deref()
+            .and_then(|d| d.extension.get::<ConnIdentity>());
         let head = session.req_header().clone();
         let authority = head
             .headers
@@ -135,7 +139,12 @@ impl ProxyHttp for ZenProxy {
             Ok(status) => ctx.status = status,
             Err(e) if !e.response_started => {
                 tracing::warn!(route = %admitted.route.name, error = %e.detail, "upstream unavailable");
-                self.refuse(session, ctx, &Refusal::UpstreamUnavailable { detail: e.detail }).await;
+                self.refuse(
+                    session,
+                    ctx,
+                    &Refusal::UpstreamUnavailable { detail: e.detail },
+                )
+                .await;
             }
             Err(e) => {
                 tracing::warn!(route = %admitted.route.name, error = %e.detail, "response aborted");
@@ -146,7 +155,11 @@ impl ProxyHttp for ZenProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // request_filter always answers; reaching this would bypass the decision.
         Err(Error::explain(
             ErrorType::InternalError,
@@ -158,7 +171,11 @@ impl ProxyHttp for ZenProxy {
         let m = &self.state.metrics;
         let status = ctx.status.to_string();
         m.requests
-            .with_label_values(&[self.listener.as_str(), ctx.route.as_deref().unwrap_or("-"), &status])
+            .with_label_values(&[
+                self.listener.as_str(),
+                ctx.route.as_deref().unwrap_or("-"),
+                &status,
+            ])
             .inc();
         m.request_seconds
             .with_label_values(&[self.listener.as_str()])

@@ -41,7 +41,11 @@ impl Revocations {
     pub fn from_file(f: RevocationsFile) -> Self {
         Revocations {
             version: f.version,
-            spiffe_ids: f.revoked_spiffe_ids.iter().map(|s| s.as_str().to_string()).collect(),
+            spiffe_ids: f
+                .revoked_spiffe_ids
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
             serials: f
                 .revoked_serials
                 .iter()
@@ -62,7 +66,10 @@ impl Revocations {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {detail}")]
     Parse { path: String, detail: String },
 }
@@ -129,13 +136,21 @@ impl Initial {
     pub fn load(cfg: &Config, provider: &CryptoProvider) -> Result<Initial, ConfigErrors> {
         let mut errs = Vec::new();
         let serving = ServingCert::from_files(&cfg.files.cert, &cfg.files.key, provider)
-            .map_err(|e| errs.push(ConfigError::new("tls.cert_file / tls.key_file", e.to_string())))
+            .map_err(|e| {
+                errs.push(ConfigError::new(
+                    "tls.cert_file / tls.key_file",
+                    e.to_string(),
+                ))
+            })
             .ok();
         let mut bundles_ok = true;
         for (i, (td, path)) in cfg.files.bundles.iter().enumerate() {
             if let Err(e) = crate::tls::verifier::load_bundle_file(td, path) {
                 bundles_ok = false;
-                errs.push(ConfigError::new(format!("trust_bundles[{i}].file"), e.to_string()));
+                errs.push(ConfigError::new(
+                    format!("trust_bundles[{i}].file"),
+                    e.to_string(),
+                ));
             }
         }
         let bundles = if bundles_ok {
@@ -152,12 +167,14 @@ impl Initial {
             .map_err(|e| errs.push(ConfigError::new("revocations_file", e.to_string())))
             .ok();
         match (serving, bundles, keys, revocations) {
-            (Some(serving), Some(bundles), Some(keys), Some(revocations)) if errs.is_empty() => Ok(Initial {
-                serving,
-                bundles,
-                keys,
-                revocations,
-            }),
+            (Some(serving), Some(bundles), Some(keys), Some(revocations)) if errs.is_empty() => {
+                Ok(Initial {
+                    serving,
+                    bundles,
+                    keys,
+                    revocations,
+                })
+            }
             _ => Err(ConfigErrors(errs)),
         }
     }
@@ -191,7 +208,12 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(initial: Initial, routes: RouteTable, replay_capacity: usize, metrics: Metrics) -> Arc<State> {
+    pub fn new(
+        initial: Initial,
+        routes: RouteTable,
+        replay_capacity: usize,
+        metrics: Metrics,
+    ) -> Arc<State> {
         let state = State {
             serving: Arc::new(ArcSwap::from_pointee(initial.serving)),
             bundles: Arc::new(ArcSwap::from_pointee(initial.bundles)),
@@ -214,12 +236,18 @@ impl State {
         let left = cert.not_after - zen_trust::UnixTime::now().0;
         self.metrics.serving_cert_expiry_seconds.set(left);
         self.readiness.serving_cert.store(true, Ordering::Release);
-        self.metrics.loaded.with_label_values(&["serving_cert"]).set(1);
+        self.metrics
+            .loaded
+            .with_label_values(&["serving_cert"])
+            .set(1);
     }
 
     pub fn published_bundles(&self) {
         self.readiness.trust_bundles.store(true, Ordering::Release);
-        self.metrics.loaded.with_label_values(&["trust_bundles"]).set(1);
+        self.metrics
+            .loaded
+            .with_label_values(&["trust_bundles"])
+            .set(1);
     }
 
     pub fn published_keys(&self) {

@@ -126,11 +126,22 @@ impl Config {
         Config::from_yaml(&text, path, env.as_deref())
     }
 
-    pub fn from_yaml(text: &str, source: &Path, env_require_spiffe: Option<&str>) -> Result<Config, ConfigErrors> {
+    pub fn from_yaml(
+        text: &str,
+        source: &Path,
+        env_require_spiffe: Option<&str>,
+    ) -> Result<Config, ConfigErrors> {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
             let path = e
                 .location()
-                .map(|l| format!("{} line {} column {}", source.display(), l.line(), l.column()))
+                .map(|l| {
+                    format!(
+                        "{} line {} column {}",
+                        source.display(),
+                        l.line(),
+                        l.column()
+                    )
+                })
                 .unwrap_or_else(|| source.display().to_string());
             ConfigErrors(vec![ConfigError::new(path, e.to_string())])
         })?;
@@ -142,11 +153,17 @@ fn parse_addr(errs: &mut Vec<ConfigError>, path: &str, s: &str) -> Option<Socket
     match s.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(a)) => Some(a),
         Ok(None) => {
-            errs.push(ConfigError::new(path, format!("{s:?} resolves to no address")));
+            errs.push(ConfigError::new(
+                path,
+                format!("{s:?} resolves to no address"),
+            ));
             None
         }
         Err(e) => {
-            errs.push(ConfigError::new(path, format!("{s:?} is not host:port ({e})")));
+            errs.push(ConfigError::new(
+                path,
+                format!("{s:?} is not host:port ({e})"),
+            ));
             None
         }
     }
@@ -160,7 +177,11 @@ fn parse_bool_env(v: &str) -> Option<bool> {
     }
 }
 
-fn validate(raw: RawConfig, source: &Path, env_require_spiffe: Option<&str>) -> Result<Config, ConfigErrors> {
+fn validate(
+    raw: RawConfig,
+    source: &Path,
+    env_require_spiffe: Option<&str>,
+) -> Result<Config, ConfigErrors> {
     let mut errs = Vec::new();
     let raw_dump = serde_json::to_value(&raw).unwrap_or(serde_json::Value::Null);
 
@@ -171,8 +192,16 @@ fn validate(raw: RawConfig, source: &Path, env_require_spiffe: Option<&str>) -> 
             "must be `required`: the agent listener never serves without a verified client certificate",
         ));
     }
-    let agent_addr = parse_addr(&mut errs, "listeners.agent.address", &raw.listeners.agent.address);
-    let admin = parse_addr(&mut errs, "listeners.admin.address", &raw.listeners.admin.address);
+    let agent_addr = parse_addr(
+        &mut errs,
+        "listeners.agent.address",
+        &raw.listeners.agent.address,
+    );
+    let admin = parse_addr(
+        &mut errs,
+        "listeners.admin.address",
+        &raw.listeners.admin.address,
+    );
 
     let env_override = match env_require_spiffe {
         Some(v) => match parse_bool_env(v) {
@@ -198,7 +227,10 @@ fn validate(raw: RawConfig, source: &Path, env_require_spiffe: Option<&str>) -> 
 
     let mut bundles = Vec::new();
     if raw.trust_bundles.is_empty() {
-        errs.push(ConfigError::new("trust_bundles", "at least one trust bundle is required"));
+        errs.push(ConfigError::new(
+            "trust_bundles",
+            "at least one trust bundle is required",
+        ));
     }
     for (i, b) in raw.trust_bundles.iter().enumerate() {
         let td = b.trust_domain.as_str();
@@ -264,7 +296,10 @@ fn validate(raw: RawConfig, source: &Path, env_require_spiffe: Option<&str>) -> 
         errs.push(ConfigError::new("routes", "at least one route is required"));
     }
     if let Some(dup) = first_duplicate(raw.routes.iter().map(|r| r.name.as_str())) {
-        errs.push(ConfigError::new("routes", format!("route name {dup:?} used twice")));
+        errs.push(ConfigError::new(
+            "routes",
+            format!("route name {dup:?} used twice"),
+        ));
     }
 
     if !errs.is_empty() {
@@ -307,7 +342,12 @@ fn first_duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> 
     names.into_iter().find(|n| !seen.insert(*n))
 }
 
-fn validate_route(errs: &mut Vec<ConfigError>, i: usize, r: &raw::RawRoute, raw: &RawConfig) -> Option<Route> {
+fn validate_route(
+    errs: &mut Vec<ConfigError>,
+    i: usize,
+    r: &raw::RawRoute,
+    raw: &RawConfig,
+) -> Option<Route> {
     let p = format!("routes[{i}]");
     let before = errs.len();
     let path = match PathTemplate::parse(&r.path) {
@@ -318,13 +358,19 @@ fn validate_route(errs: &mut Vec<ConfigError>, i: usize, r: &raw::RawRoute, raw:
         }
     };
     if r.methods.is_empty() {
-        errs.push(ConfigError::new(format!("{p}.methods"), "at least one method is required"));
+        errs.push(ConfigError::new(
+            format!("{p}.methods"),
+            "at least one method is required",
+        ));
     }
     let mut methods = Vec::new();
     for (j, m) in r.methods.iter().enumerate() {
         let up = m.to_ascii_uppercase();
         if !["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"].contains(&up.as_str()) {
-            errs.push(ConfigError::new(format!("{p}.methods[{j}]"), format!("unknown method {m:?}")));
+            errs.push(ConfigError::new(
+                format!("{p}.methods[{j}]"),
+                format!("unknown method {m:?}"),
+            ));
         }
         methods.push(up);
     }
@@ -366,14 +412,20 @@ fn validate_route(errs: &mut Vec<ConfigError>, i: usize, r: &raw::RawRoute, raw:
                         if !t.vars().any(|tv| tv == v) {
                             errs.push(ConfigError::new(
                                 format!("{p}.auth.spiffe[{j}]"),
-                                format!("variable {{{v}}} is not a variable of the path {:?}", r.path),
+                                format!(
+                                    "variable {{{v}}} is not a variable of the path {:?}",
+                                    r.path
+                                ),
                             ));
                         }
                     }
                 }
                 spiffe.push(pat);
             }
-            Err(e) => errs.push(ConfigError::new(format!("{p}.auth.spiffe[{j}]"), e.to_string())),
+            Err(e) => errs.push(ConfigError::new(
+                format!("{p}.auth.spiffe[{j}]"),
+                e.to_string(),
+            )),
         }
     }
     if spiffe.is_empty() && r.listener == Listener::Agent {
@@ -441,7 +493,8 @@ routes:
 
     #[test]
     fn client_auth_must_be_required() {
-        let e = load(&MINIMAL.replace("client_auth: required", "client_auth: optional")).unwrap_err();
+        let e =
+            load(&MINIMAL.replace("client_auth: required", "client_auth: optional")).unwrap_err();
         assert_eq!(e.0[0].path, "listeners.agent.client_auth");
     }
 
@@ -457,7 +510,11 @@ routes:
 
     #[test]
     fn unknown_fields_are_refused_with_location() {
-        let e = load(&MINIMAL.replace("key_set_file: keys.json", "key_set_file: keys.json\nbogus: 1")).unwrap_err();
+        let e = load(&MINIMAL.replace(
+            "key_set_file: keys.json",
+            "key_set_file: keys.json\nbogus: 1",
+        ))
+        .unwrap_err();
         assert!(e.0[0].message.contains("unknown field `bogus`"), "{e}");
         assert!(e.0[0].path.contains("line"), "{e}");
     }

@@ -89,7 +89,9 @@ impl Upstreams {
         };
         let req = upstream_request(session.req_header(), admitted, peer_id);
         let started = Instant::now();
-        let res = self.exchange(session, upstream, peer, req, &admitted.body).await;
+        let res = self
+            .exchange(session, upstream, peer, req, &admitted.body)
+            .await;
         self.metrics
             .upstream_seconds
             .with_label_values(&[upstream.name.as_str()])
@@ -129,7 +131,10 @@ impl Upstreams {
                 up.finish_request_body().await?;
                 up.read_response_header().await?;
                 // Skip interim responses (100 Continue and friends).
-                while up.response_header().is_some_and(|h| h.status.is_informational() && h.status != 101) {
+                while up
+                    .response_header()
+                    .is_some_and(|h| h.status.is_informational() && h.status != 101)
+                {
                     up.read_response_header().await?;
                 }
                 Ok::<(), Box<pingora_core::Error>>(())
@@ -196,10 +201,18 @@ impl Upstreams {
 /// The request the upstream sees: client-supplied identity headers removed,
 /// the proxy's own added, hop-by-hop fields dropped, framing from the body
 /// actually held.
-pub fn upstream_request(orig: &RequestHeader, admitted: &Admitted, peer: Option<&PeerIdentity>) -> RequestHeader {
+pub fn upstream_request(
+    orig: &RequestHeader,
+    admitted: &Admitted,
+    peer: Option<&PeerIdentity>,
+) -> RequestHeader {
     let path_and_query = orig.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build(orig.method.clone(), path_and_query.as_bytes(), Some(orig.headers.len() + 4))
-        .expect("method and path come from a parsed request");
+    let mut req = RequestHeader::build(
+        orig.method.clone(),
+        path_and_query.as_bytes(),
+        Some(orig.headers.len() + 4),
+    )
+    .expect("method and path come from a parsed request");
     let authority = orig.uri.authority().map(|a| a.as_str().to_string());
     let connection_named: Vec<String> = orig
         .headers
@@ -226,14 +239,24 @@ pub fn upstream_request(orig: &RequestHeader, admitted: &Admitted, peer: Option<
             let _ = req.insert_header(header::HOST, a);
         }
     }
-    if !admitted.body.is_empty() || orig.headers.contains_key(header::CONTENT_LENGTH) || orig.headers.contains_key(header::TRANSFER_ENCODING) {
+    if !admitted.body.is_empty()
+        || orig.headers.contains_key(header::CONTENT_LENGTH)
+        || orig.headers.contains_key(header::TRANSFER_ENCODING)
+    {
         let _ = req.insert_header(header::CONTENT_LENGTH, admitted.body.len().to_string());
     }
     if let Some(p) = peer {
-        let _ = req.insert_header(HeaderName::from_static(X_ZEN_SPIFFE_ID), p.spiffe_header.clone());
+        let _ = req.insert_header(
+            HeaderName::from_static(X_ZEN_SPIFFE_ID),
+            p.spiffe_header.clone(),
+        );
         let _ = req.insert_header(HeaderName::from_static(XFCC), p.xfcc.clone());
     }
-    if let Some(k) = admitted.key_id.as_deref().and_then(|k| HeaderValue::from_str(k).ok()) {
+    if let Some(k) = admitted
+        .key_id
+        .as_deref()
+        .and_then(|k| HeaderValue::from_str(k).ok())
+    {
         let _ = req.insert_header(HeaderName::from_static(X_ZEN_KEY_ID), k);
     }
     req

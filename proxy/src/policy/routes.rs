@@ -61,7 +61,10 @@ impl PathTemplate {
                                 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                         })
                         .ok_or_else(|| TemplateError::BadVar(v.into()))?;
-                    if segs.iter().any(|s| matches!(s, PathSeg::Var(n) if n == name)) {
+                    if segs
+                        .iter()
+                        .any(|s| matches!(s, PathSeg::Var(n) if n == name))
+                    {
                         return Err(TemplateError::DuplicateVar(name.into()));
                     }
                     PathSeg::Var(name.into())
@@ -156,11 +159,20 @@ impl RouteTable {
     }
 
     /// First route of `listener` whose method and path template match.
-    pub fn find<'a>(&'a self, listener: Listener, method: &str, path: &'a str) -> Option<RouteMatch<'a>> {
+    pub fn find<'a>(
+        &'a self,
+        listener: Listener,
+        method: &str,
+        path: &'a str,
+    ) -> Option<RouteMatch<'a>> {
         self.routes
             .iter()
             .filter(|r| r.listener == listener && r.methods.iter().any(|m| m == method))
-            .find_map(|r| r.path.matches(path).map(|vars| RouteMatch { route: r, vars }))
+            .find_map(|r| {
+                r.path
+                    .matches(path)
+                    .map(|vars| RouteMatch { route: r, vars })
+            })
     }
 }
 
@@ -184,27 +196,68 @@ mod tests {
     #[test]
     fn matches_template_and_binds_vars() {
         let t = RouteTable::new(vec![
-            route(Listener::Agent, "GET", "/agent/v1/clusters/{cid}/desired-state"),
+            route(
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/{cid}/desired-state",
+            ),
             route(Listener::Bootstrap, "POST", "/enroll/v1/request"),
         ]);
         let m = t
-            .find(Listener::Agent, "GET", "/agent/v1/clusters/c1/desired-state")
+            .find(
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/c1/desired-state",
+            )
             .unwrap();
         assert_eq!(m.vars, vec![("cid", "c1")]);
-        assert!(t.find(Listener::Agent, "POST", "/agent/v1/clusters/c1/desired-state").is_none());
-        assert!(t.find(Listener::Agent, "GET", "/agent/v1/clusters/c1/desired-state/x").is_none());
-        assert!(t.find(Listener::Agent, "GET", "/agent/v1/clusters//desired-state").is_none());
-        assert!(t.find(Listener::Agent, "GET", "/agent/v1/clusters/../desired-state").is_none());
+        assert!(t
+            .find(
+                Listener::Agent,
+                "POST",
+                "/agent/v1/clusters/c1/desired-state"
+            )
+            .is_none());
+        assert!(t
+            .find(
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/c1/desired-state/x"
+            )
+            .is_none());
+        assert!(t
+            .find(Listener::Agent, "GET", "/agent/v1/clusters//desired-state")
+            .is_none());
+        assert!(t
+            .find(
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/../desired-state"
+            )
+            .is_none());
         // Bootstrap routes are not served on the agent listener and vice versa.
-        assert!(t.find(Listener::Agent, "POST", "/enroll/v1/request").is_none());
-        assert!(t.find(Listener::Bootstrap, "POST", "/enroll/v1/request").is_some());
+        assert!(t
+            .find(Listener::Agent, "POST", "/enroll/v1/request")
+            .is_none());
+        assert!(t
+            .find(Listener::Bootstrap, "POST", "/enroll/v1/request")
+            .is_some());
     }
 
     #[test]
     fn template_errors() {
-        assert_eq!(PathTemplate::parse("a/b"), Err(TemplateError::NoLeadingSlash));
+        assert_eq!(
+            PathTemplate::parse("a/b"),
+            Err(TemplateError::NoLeadingSlash)
+        );
         assert_eq!(PathTemplate::parse("/a//b"), Err(TemplateError::BadSegment));
-        assert!(matches!(PathTemplate::parse("/a/{x"), Err(TemplateError::BadVar(_))));
-        assert!(matches!(PathTemplate::parse("/{x}/{x}"), Err(TemplateError::DuplicateVar(_))));
+        assert!(matches!(
+            PathTemplate::parse("/a/{x"),
+            Err(TemplateError::BadVar(_))
+        ));
+        assert!(matches!(
+            PathTemplate::parse("/{x}/{x}"),
+            Err(TemplateError::DuplicateVar(_))
+        ));
     }
 }

@@ -101,7 +101,9 @@ impl SpiffePattern {
         if td != self.trust_domain {
             return false;
         }
-        let mut id_segs = path.split('/').filter(|s| !path.is_empty() || !s.is_empty());
+        let mut id_segs = path
+            .split('/')
+            .filter(|s| !path.is_empty() || !s.is_empty());
         for (i, seg) in self.segs.iter().enumerate() {
             match seg {
                 Seg::Rest => {
@@ -119,8 +121,7 @@ impl SpiffePattern {
                     }
                 }
                 Seg::Var(name) => {
-                    let Some(value) = vars.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-                    else {
+                    let Some(value) = vars.iter().find(|(n, _)| n == name).map(|(_, v)| *v) else {
                         return false;
                     };
                     if id_segs.next() != Some(value) {
@@ -180,10 +181,22 @@ mod tests {
 
     #[test]
     fn bad_patterns() {
-        assert_eq!(SpiffePattern::parse("http://x/y"), Err(PatternError::Scheme));
-        assert_eq!(SpiffePattern::parse("spiffe://*/y"), Err(PatternError::TrustDomain));
-        assert_eq!(SpiffePattern::parse("spiffe://a/**/b"), Err(PatternError::RestNotLast));
-        assert_eq!(SpiffePattern::parse("spiffe://a//b"), Err(PatternError::BadSegment));
+        assert_eq!(
+            SpiffePattern::parse("http://x/y"),
+            Err(PatternError::Scheme)
+        );
+        assert_eq!(
+            SpiffePattern::parse("spiffe://*/y"),
+            Err(PatternError::TrustDomain)
+        );
+        assert_eq!(
+            SpiffePattern::parse("spiffe://a/**/b"),
+            Err(PatternError::RestNotLast)
+        );
+        assert_eq!(
+            SpiffePattern::parse("spiffe://a//b"),
+            Err(PatternError::BadSegment)
+        );
         assert!(matches!(
             SpiffePattern::parse("spiffe://a/x*"),
             Err(PatternError::MixedSegment(_))

@@ -41,7 +41,13 @@ impl FileSource {
             published: Mutex::new(HashMap::new()),
         };
         // The initial load published exactly these files.
-        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+        for what in [
+            What::ServingCert,
+            What::TrustBundles,
+            What::KeySet,
+            What::Revocations,
+            What::Routes,
+        ] {
             if let Ok(h) = source.hash_of(what) {
                 source.published.lock().expect("poisoned").insert(what, h);
             }
@@ -71,7 +77,13 @@ impl FileSource {
 
     /// Re-reads every file whose content changed; publishes what is valid.
     pub fn reload(&self, state: &State) {
-        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+        for what in [
+            What::ServingCert,
+            What::TrustBundles,
+            What::KeySet,
+            What::Revocations,
+            What::Routes,
+        ] {
             if what == What::Revocations && self.files.revocations.is_none() {
                 continue;
             }
@@ -104,14 +116,19 @@ impl FileSource {
                 "error"
             }
         };
-        state.metrics.reloads.with_label_values(&[what.as_str(), result]).inc();
+        state
+            .metrics
+            .reloads
+            .with_label_values(&[what.as_str(), result])
+            .inc();
     }
 
     fn apply(&self, state: &State, what: What) -> Result<(), String> {
         match what {
             What::ServingCert => {
-                let cert = ServingCert::from_files(&self.files.cert, &self.files.key, &self.provider)
-                    .map_err(|e| e.to_string())?;
+                let cert =
+                    ServingCert::from_files(&self.files.cert, &self.files.key, &self.provider)
+                        .map_err(|e| e.to_string())?;
                 state.serving.store(Arc::new(cert));
                 state.published_serving();
             }
@@ -126,7 +143,8 @@ impl FileSource {
                 state.published_keys();
             }
             What::Revocations => {
-                let r = state::load_revocations(self.files.revocations.as_deref()).map_err(|e| e.to_string())?;
+                let r = state::load_revocations(self.files.revocations.as_deref())
+                    .map_err(|e| e.to_string())?;
                 state.revocations.store(Arc::new(r));
             }
             What::Routes => {
@@ -150,9 +168,18 @@ impl FileSource {
 
     fn watch_dirs(&self) -> HashSet<PathBuf> {
         let mut dirs = HashSet::new();
-        for what in [What::ServingCert, What::TrustBundles, What::KeySet, What::Revocations, What::Routes] {
+        for what in [
+            What::ServingCert,
+            What::TrustBundles,
+            What::KeySet,
+            What::Revocations,
+            What::Routes,
+        ] {
             for p in self.paths(what) {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = p
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 dirs.insert(dir.to_path_buf());
             }
         }

@@ -43,7 +43,9 @@ pub struct HandshakeCallback {
 
 impl HandshakeCallback {
     fn identify(&self, tls: &TlsRef) -> ConnIdentity {
-        if !self.allow_tls12 && tls.version() != Some("TLSv1.3") {
+        // rustls names it "TLSv1_3"; pingora's docs say "TLSv1.3". Accept both.
+        let tls13 = matches!(tls.version(), Some("TLSv1_3" | "TLSv1.3"));
+        if !self.allow_tls12 && !tls13 {
             return ConnIdentity::Refused(Refusal::TlsVersion);
         }
         let Some(der) = tls.peer_certificate_der() else {
@@ -75,7 +77,10 @@ impl HandshakeCallback {
 
 #[async_trait]
 impl TlsAccept for HandshakeCallback {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
         let id = self.identify(tls);
         let result = match &id {
             ConnIdentity::Peer(_) => "ok",

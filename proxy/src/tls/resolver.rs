@@ -60,12 +60,11 @@ impl ServingCert {
             path: kp.clone(),
             detail: e.to_string(),
         })?;
-        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| {
-            ServingCertError::Leaf {
+        let (_, leaf) =
+            x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| ServingCertError::Leaf {
                 path: cp.clone(),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let not_after = leaf.validity().not_after.timestamp();
         let leaf_sha256_hex = {
             use sha2::Digest;
@@ -80,7 +79,11 @@ impl ServingCert {
         })
     }
 
-    pub fn from_files(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Self, ServingCertError> {
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        provider: &CryptoProvider,
+    ) -> Result<Self, ServingCertError> {
         let read = |p: &Path| {
             std::fs::read(p).map_err(|source| ServingCertError::Read {
                 path: p.display().to_string(),
@@ -102,7 +105,12 @@ pub struct ServingCertResolver {
 }
 
 impl ServingCertResolver {
-    pub fn new(current: Arc<ArcSwap<ServingCert>>, allow_tls12: bool, listener: &'static str, metrics: Metrics) -> Self {
+    pub fn new(
+        current: Arc<ArcSwap<ServingCert>>,
+        allow_tls12: bool,
+        listener: &'static str,
+        metrics: Metrics,
+    ) -> Self {
         ServingCertResolver {
             current,
             allow_tls12,

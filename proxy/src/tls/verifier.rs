@@ -88,6 +88,7 @@ impl TrustBundles {
 pub struct SpiffeClientVerifier {
     bundles: Arc<ArcSwap<TrustBundles>>,
     mandatory: bool,
+    allow_tls12: bool,
     listener: &'static str,
     metrics: Metrics,
     provider: Arc<CryptoProvider>,
@@ -97,6 +98,7 @@ impl SpiffeClientVerifier {
     pub fn new(
         bundles: Arc<ArcSwap<TrustBundles>>,
         mandatory: bool,
+        allow_tls12: bool,
         listener: &'static str,
         metrics: Metrics,
         provider: Arc<CryptoProvider>,
@@ -104,6 +106,7 @@ impl SpiffeClientVerifier {
         SpiffeClientVerifier {
             bundles,
             mandatory,
+            allow_tls12,
             listener,
             metrics,
             provider,
@@ -158,8 +161,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let leaf = zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(now.as_secs() as i64))
-            .map_err(|e| self.reject("svid_invalid", other(e)))?;
+        let leaf =
+            zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(now.as_secs() as i64))
+                .map_err(|e| self.reject("svid_invalid", other(e)))?;
         let bundles = self.bundles.load();
         let Some(anchors) = bundles.anchors(leaf.spiffe_id.trust_domain()) else {
             return Err(self.reject(
@@ -188,7 +192,21 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        // Only TLS 1.2 handshakes get here: with a client certificate, this is
+        // where a TLS 1.2 connection is refused when the listener wants 1.3
+        // (pingora's TlsSettings always enables both versions).
+        if !self.allow_tls12 {
+            return Err(self.reject(
+                "tls_version",
+                rustls::Error::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired),
+            ));
+        }
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -197,11 +215,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -1,0 +1,140 @@
+//! Requests that pass every check reach the upstream exactly as sent, with
+//! identity headers added and spoofed ones stripped.
+
+use sha2::{Digest, Sha256};
+
+use super::client::{once, Req};
+use super::harness::{Env, A1, BULK_MAX, BULK_PATH};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped() {
+    let env = Env::start().await;
+    let req = Req::get("/agent/v1/clusters/c1/desired-state?since=3")
+        .header("x-zen-spiffe-id", "spiffe://zen.local/cluster/c2/agent/evil")
+        .header("X-Zen-Key-Id", "k-b2")
+        .header("x-zen-anything", "1")
+        .header("x-forwarded-client-cert", "Hash=00;URI=spiffe://zen.local/proxy/x")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.json()["ok"], true);
+
+    let got = env.upstream.requests();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.target, "/agent/v1/clusters/c1/desired-state?since=3");
+    assert_eq!(r.headers_named("x-zen-spiffe-id"), vec![A1]);
+    assert_eq!(r.headers_named("x-zen-key-id"), vec!["k-a1"]);
+    assert!(r.header("x-zen-anything").is_none());
+    let leaf_hash = hex::encode(Sha256::digest(&env.a1.leaf.der));
+    assert_eq!(
+        r.headers_named("x-forwarded-client-cert"),
+        vec![format!("Hash={leaf_hash};URI={A1}").as_str()]
+    );
+    // The signature headers travel on for the upstream's own audit.
+    assert!(r.header("signature-input").is_some());
+    assert_eq!(
+        env.metric("zen_proxy_requests_total{listener=\"agent\",route=\"desired-state\",status=\"200\"}").await,
+        1.0
+    );
+}
+
+async fn post_body_of(env: &Env, size: usize) {
+    let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let req = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 200, "size {size}: {}", String::from_utf8_lossy(&resp.body));
+    let got = env.upstream.requests();
+    let last = got.last().unwrap();
+    assert_eq!(last.body.len(), size);
+    assert!(last.body == body, "upstream body differs for size {size}");
+    assert_eq!(last.header("content-length"), Some(size.to_string().as_str()));
+    assert!(last.header("content-digest").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_post_bodies_below_above_64k_and_at_the_maximum_arrive_byte_exact() {
+    let env = Env::start().await;
+    for size in [1, 1000, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 150_000, BULK_MAX] {
+        post_body_of(&env, size).await;
+    }
+    assert_eq!(env.upstream.requests().len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_body_is_verified_and_forwarded_with_content_length() {
+    let env = Env::start().await;
+    let body: Vec<u8> = (0..100_000).map(|i| (i % 7) as u8).collect();
+    let mut req = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);
+    req.chunked = true;
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let r = env.upstream.requests().pop().unwrap();
+    assert!(r.body == body);
+    assert_eq!(r.header("content-length"), Some("100000"));
+    assert!(r.header("transfer-encoding").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_alive_connection_serves_many_requests() {
+    let env = Env::start().await;
+    let mut conn = env.conn(&env.a1).await;
+    for i in 0..20 {
+        let req = Req::post("/agent/v1/heartbeat", format!("{{\"n\":{i}}}").into_bytes()).signed(&env.a1.key_id, &env.a1.secret);
+        let resp = conn.send(&req).await.unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(env.upstream.requests().len(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_listener_serves_bootstrap_routes_without_client_cert() {
+    let env = Env::start().await;
+    let req = Req::post("/enroll/v1/request", b"{\"csr\":\"...\"}".to_vec())
+        .header("x-zen-spiffe-id", A1);
+    let resp = once(env.bootstrap_addr, env.anon_cfg.clone(), &req).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let r = env.upstream.requests().pop().unwrap();
+    assert_eq!(r.target, "/enroll/v1/request");
+    // Anonymous: no identity headers, and the spoofed one is gone.
+    assert!(r.header("x-zen-spiffe-id").is_none());
+    assert!(r.header("x-forwarded-client-cert").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hmac_off_proxy_route_admits_proxy_identity() {
+    let env = Env::start().await;
+    let leaf = env.ca.leaf("spiffe://zen.local/proxy/edge-2", Default::default());
+    let cfg = super::client::client_config(&env.ca.pem(), Some(&leaf), false);
+    let resp = once(env.agent_addr, cfg, &Req::get("/proxy/v1/state?version=3")).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let r = env.upstream.requests().pop().unwrap();
+    assert_eq!(r.header("x-zen-spiffe-id"), Some("spiffe://zen.local/proxy/edge-2"));
+    assert!(r.header("x-zen-key-id").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints() {
+    let env = Env::start().await;
+    assert_eq!(env.admin_get("/healthz").await.unwrap().0, 200);
+    assert_eq!(env.admin_get("/readyz").await.unwrap().0, 200);
+    let (status, dump) = env.admin_get("/config_dump").await.unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(v["key_set"]["version"], 1);
+    assert_eq!(v["key_set"]["keys"][0]["secret"], "<redacted>");
+    // No key material anywhere in the dump.
+    for secret in [&env.a1.secret, &env.b2.secret] {
+        assert!(!dump.contains(&secret.to_base64()));
+    }
+    let (_, metrics) = env.admin_get("/metrics").await.unwrap();
+    for name in [
+        "zen_proxy_key_set_version 1",
+        "zen_proxy_key_set_keys 5",
+        "zen_proxy_serving_cert_expiry_seconds",
+        "zen_proxy_state_loaded{what=\"key_set\"} 1",
+    ] {
+        assert!(metrics.contains(name), "missing {name}");
+    }
+}

@@ -1,0 +1,184 @@
+//! Lock-free swaps while traffic flows; invalid files keep the old value;
+//! SIGHUP reloads; SIGTERM drains.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use zen_trust::{KeySetFile, KeyStatus, Secret};
+
+use super::client::{Conn, Req};
+use super::harness::{key_entry, write_atomic, Env, Opts, A1, B2, R1};
+use super::pki::LeafOpts;
+
+const HB: &str = "/agent/v1/heartbeat";
+
+async fn wait_metric(env: &Env, series: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.metric(series).await < at_least {
+        assert!(Instant::now() < deadline, "{series} never reached {at_least}: {}", env.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn key_file(env: &Env, version: u64, extra: Vec<zen_trust::KeySetEntry>) -> Vec<u8> {
+    let mut keys = vec![
+        key_entry("k-a1", &env.a1.secret, A1, KeyStatus::Active, false),
+        key_entry("k-b2", &env.b2.secret, B2, KeyStatus::Active, false),
+        key_entry("k-r1", &env.r1.secret, R1, KeyStatus::Active, false),
+    ];
+    keys.extend(extra);
+    serde_json::to_vec(&KeySetFile { version, keys }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_key_set_keeps_the_old_one_and_a_valid_one_is_picked_up() {
+    let env = Env::start().await;
+    let keys = env.dir.path().join("keys.json");
+    let err = "zen_proxy_reloads_total{result=\"error\",what=\"key_set\"}";
+    let ok = "zen_proxy_reloads_total{result=\"ok\",what=\"key_set\"}";
+
+    write_atomic(&keys, b"{ not json");
+    wait_metric(&env, err, 1.0).await;
+    let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
+    assert_eq!(env.metric("zen_proxy_key_set_version").await, 1.0);
+
+    let fresh = Secret::generate();
+    write_atomic(&keys, &key_file(&env, 2, vec![key_entry("k-a1-v2", &fresh, A1, KeyStatus::Active, false)]));
+    wait_metric(&env, ok, 1.0).await;
+    assert_eq!(env.metric("zen_proxy_key_set_version").await, 2.0);
+    let req = Req::post(HB, b"{}".to_vec()).signed("k-a1-v2", &fresh);
+    assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
+    assert!(env.log().contains("reload refused"), "the bad file is logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_serving_cert_keeps_the_old_one() {
+    let env = Env::start().await;
+    write_atomic(&env.dir.path().join("tls.crt"), b"garbage");
+    wait_metric(&env, "zen_proxy_reloads_total{result=\"error\",what=\"serving_cert\"}", 1.0).await;
+    let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_revocations() {
+    let env = Env::start_with(Opts { watch: false, ..Opts::default() }).await;
+    let req = || Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
+    std::fs::write(
+        env.dir.path().join("revocations.json"),
+        serde_json::json!({"version": 2, "revoked_spiffe_ids": [A1]}).to_string(),
+    )
+    .unwrap();
+    // Without watching, nothing changes until SIGHUP.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
+    env.sighup();
+    wait_metric(&env, "zen_proxy_reloads_total{result=\"ok\",what=\"revocations\"}", 1.0).await;
+    let resp = env.agent(&env.a1, &req()).await.unwrap();
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.error_code(), "identity_revoked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swap_under_load_cert_and_key_set_100_times_no_failed_request() {
+    let env = Arc::new(Env::start().await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+
+    let mut tasks = Vec::new();
+    for keep_alive in [true, false] {
+        let (env, stop, ok, failed) = (env.clone(), stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn: Option<Conn> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let req = Req::post(HB, b"{\"load\":1}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+                let c = match (&mut conn, keep_alive) {
+                    (Some(c), true) => c,
+                    _ => conn.insert(match Conn::connect(env.agent_addr, env.a1.cfg.clone()).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failed.lock().unwrap().push(format!("connect: {e}"));
+                            continue;
+                        }
+                    }),
+                };
+                match c.send(&req).await {
+                    Ok(r) if r.status == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failed.lock().unwrap().push(format!("status {} {}", r.status, String::from_utf8_lossy(&r.body))),
+                    Err(e) => {
+                        failed.lock().unwrap().push(format!("io: {e}"));
+                        conn = None;
+                    }
+                }
+            }
+        }));
+    }
+
+    let crt = env.dir.path().join("tls.crt");
+    let key = env.dir.path().join("tls.key");
+    let keys = env.dir.path().join("keys.json");
+    let mut last_leaf = Vec::new();
+    for i in 0..100u64 {
+        let leaf = env.ca.leaf(
+            "spiffe://zen.local/proxy/test",
+            LeafOpts {
+                dns: vec!["localhost".into()],
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                ..LeafOpts::default()
+            },
+        );
+        // Key first, then cert: a reload between the two sees a mismatched
+        // pair, refuses it and keeps serving the previous one.
+        write_atomic(&key, leaf.key_pem.as_bytes());
+        write_atomic(&crt, leaf.cert_pem.as_bytes());
+        write_atomic(&keys, &key_file(&env, 10 + i, vec![]));
+        last_leaf = leaf.der.clone();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+
+    // A connection opened after the last rewrite sees the new cert within 1 s.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let c = Conn::connect(env.agent_addr, env.a1.cfg.clone()).await.unwrap();
+        if c.peer_leaf_der() == last_leaf {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new serving cert not visible within 1 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    assert!(failed.is_empty(), "{} failed requests, first: {:?}", failed.len(), failed.first());
+    assert!(ok.load(Ordering::Relaxed) > 50, "load generator made only {} requests", ok.load(Ordering::Relaxed));
+    assert_eq!(env.metric("zen_proxy_key_set_version").await, 109.0);
+    assert!(env.metric("zen_proxy_reloads_total{result=\"ok\",what=\"serving_cert\"}").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_then_exits() {
+    let mut env = Env::start().await;
+    let mut conn = env.conn(&env.a1).await;
+    let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(conn.send(&req).await.unwrap().status, 200);
+    env.sigterm();
+    let child = env.child.as_mut().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "zen-proxy did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success() || status.code().is_some(), "exited by signal: {status}");
+}
