@@ -62,6 +62,7 @@ struct RawConfig {
     fronted_by_proxy: Option<bool>,
     data_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    trust_bundle_file: Option<PathBuf>,
     trust_domain: Option<String>,
     #[serde(default)]
     svid: RawSvid,
@@ -136,6 +137,8 @@ pub struct Config {
     pub fronted_by_proxy: bool,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
+    /// Where to (re)write the trust bundle PEM on start and on every CA change, if set.
+    pub trust_bundle_file: Option<PathBuf>,
     pub trust_domain: String,
     pub svid_ttl: Duration,
     pub ca_root_ttl: Duration,
@@ -235,6 +238,7 @@ impl Config {
             fronted_by_proxy: raw.fronted_by_proxy.unwrap_or(false),
             data_dir,
             socket,
+            trust_bundle_file: raw.trust_bundle_file.clone(),
             trust_domain,
             svid_ttl: dur("svid.ttl", &raw.svid.ttl, h(24))?,
             ca_root_ttl: dur("ca.root_ttl", &raw.ca.root_ttl, h(24 * 3650))?,

@@ -6,6 +6,8 @@ mod common;
 
 #[path = "control/agent.rs"]
 mod agent;
+#[path = "control/bench.rs"]
+mod bench;
 #[path = "control/enroll.rs"]
 mod enroll;
 #[path = "control/operator.rs"]

@@ -33,6 +33,9 @@ pub async fn state(
             app.trust_domain()
         )));
     }
+    if app.store.is_revoked(caller.spiffe_id.as_str()).await? {
+        return Err(ApiError::SpiffeRevoked(caller.spiffe_id.to_string()));
+    }
     let known = match q.version.as_deref() {
         None | Some("") => 0,
         Some(v) => v.parse::<u64>().map_err(|_| {

@@ -108,6 +108,17 @@ fn generated(
     })
 }
 
+/// Writes the bundle atomically (temp file + rename) so readers never see half a file.
+fn write_bundle(path: &std::path::Path, pem: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("pem.tmp");
+    std::fs::write(&tmp, pem).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
 impl CaManager {
     pub async fn init(
         cfg: &Config,
@@ -134,8 +145,12 @@ impl CaManager {
             store.insert_ca(rec, vec![ev]).await?;
             cas = store.list_cas().await?;
         }
+        let view = build_view(custody, &cas)?;
+        if let Some(p) = &cfg.trust_bundle_file {
+            write_bundle(p, &view.bundle_pem)?;
+        }
         Ok(Self {
-            view: RwLock::new(Arc::new(build_view(custody, &cas)?)),
+            view: RwLock::new(Arc::new(view)),
         })
     }
 
@@ -143,9 +158,17 @@ impl CaManager {
         self.view.read().expect("CA view lock").clone()
     }
 
-    async fn reload(&self, store: &dyn Store, custody: &Custody) -> anyhow::Result<()> {
+    async fn reload(
+        &self,
+        cfg: &Config,
+        store: &dyn Store,
+        custody: &Custody,
+    ) -> anyhow::Result<()> {
         let cas = store.list_cas().await?;
         let v = Arc::new(build_view(custody, &cas)?);
+        if let Some(p) = &cfg.trust_bundle_file {
+            write_bundle(p, &v.bundle_pem)?;
+        }
         *self.view.write().expect("CA view lock") = v;
         Ok(())
     }
@@ -172,7 +195,9 @@ pub async fn rotate(app: &App, actor: &str) -> anyhow::Result<serde_json::Value>
     );
     let v = app.store.insert_ca(rec, vec![ev]).await?;
     app.audited(1);
-    app.ca.reload(app.store.as_ref(), &app.custody).await?;
+    app.ca
+        .reload(&app.cfg, app.store.as_ref(), &app.custody)
+        .await?;
     app.published(v);
     Ok(json!({"new_ca_id": id, "activate_at": crate::clock::rfc3339(activate_at)}))
 }
@@ -241,7 +266,9 @@ pub async fn tick(app: &App) -> anyhow::Result<()> {
     let n = events.len();
     let v = app.store.transition_cas(changes, events).await?;
     app.audited(n);
-    app.ca.reload(app.store.as_ref(), &app.custody).await?;
+    app.ca
+        .reload(&app.cfg, app.store.as_ref(), &app.custody)
+        .await?;
     app.published(v);
     Ok(())
 }

@@ -148,3 +148,34 @@ async fn secrets_are_not_stored_in_clear() {
     assert!(!contains(t.secret.expose()));
     assert!(!contains(b"PRIVATE KEY"));
 }
+
+#[tokio::test]
+async fn existing_ca_material_is_imported_on_first_start() {
+    let src = tempfile::tempdir().unwrap();
+    let g = zen_control::ca::generate_ca(
+        "zen.local",
+        T0,
+        std::time::Duration::from_secs(86_400 * 3650),
+        std::time::Duration::from_secs(86_400 * 365),
+    )
+    .unwrap();
+    let (root, inter, key) = (
+        src.path().join("root.pem"),
+        src.path().join("inter.pem"),
+        src.path().join("inter.key"),
+    );
+    std::fs::write(&root, &g.root_cert_pem).unwrap();
+    std::fs::write(&inter, &g.inter_cert_pem).unwrap();
+    std::fs::write(&key, g.inter_key_pem.as_bytes()).unwrap();
+    let h = Harness::with(|c| {
+        c.ca_import = Some(zen_control::config::CaImport {
+            root_cert: root.clone(),
+            intermediate_cert: inter.clone(),
+            intermediate_key: key.clone(),
+        })
+    })
+    .await;
+    let e = h.enroll(&agent_id("c1", "a1")).await;
+    assert_eq!(e.bundle.trust_bundle_pem.trim(), g.root_cert_pem.trim());
+    assert!(e.bundle.svid_chain_pem.ends_with(&g.inter_cert_pem));
+}

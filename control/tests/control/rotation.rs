@@ -105,7 +105,8 @@ async fn forced_rotation_shortens_the_old_key_to_the_grace_window() {
 
 #[tokio::test]
 async fn ca_rotation_adds_first_switches_after_delay_removes_after_svid_ttl() {
-    let h = Harness::new().await;
+    let h = Harness::with(|c| c.trust_bundle_file = Some(c.data_dir.join("out/bundle.pem"))).await;
+    let bundle_file = h.data_dir().join("out/bundle.pem");
     let id = agent_id("c1", "a1");
     let e1 = h.enroll_confirmed(&id).await;
     let old_issuer = issuer_cn(&e1.bundle.svid_chain_pem);
@@ -116,6 +117,7 @@ async fn ca_rotation_adds_first_switches_after_delay_removes_after_svid_ttl() {
     let new_ca = v["new_ca_id"].as_str().unwrap().to_string();
     // Joined the bundle, not issuing yet.
     assert_eq!(roots(&h.proxy_state(0).await.trust_bundle_pem), 2);
+    assert_eq!(roots(&std::fs::read_to_string(&bundle_file).unwrap()), 2);
     let e2 = h.enroll(&agent_id("c1", "a2")).await;
     assert_eq!(issuer_cn(&e2.bundle.svid_chain_pem), old_issuer);
     assert!(h
@@ -143,6 +145,7 @@ async fn ca_rotation_adds_first_switches_after_delay_removes_after_svid_ttl() {
     h.clock.advance(1);
     h.app.tick().await.unwrap();
     assert_eq!(roots(&h.proxy_state(0).await.trust_bundle_pem), 1);
+    assert_eq!(roots(&std::fs::read_to_string(&bundle_file).unwrap()), 1);
     let kinds = h.audit_kinds().await;
     for k in ["ca_create", "ca_rotate", "ca_activate", "ca_retire"] {
         assert!(kinds.iter().any(|x| x == k), "missing {k}");
