@@ -17,7 +17,9 @@ pub struct Opts {
     pub requests: Option<u64>,
     /// Close and reopen a connection after this many requests.
     pub recycle_after: Option<u64>,
-    /// Record the server certificate serial of every connection.
+    /// Record the server certificate serial of every connection; this also
+    /// turns TLS resumption off, since a resumed session re-presents the
+    /// certificate of the session it resumes, not the server's current one.
     pub want_serial: bool,
 }
 
@@ -34,6 +36,7 @@ pub async fn run(ctx: Arc<Ctx>, opts: Opts, target_pid: Option<u32>) -> Result<R
                 let mut rec = Recorder::default();
                 let mut s = Session::new(ctx.clone(), i);
                 s.want_serial = opts.want_serial;
+                s.full_handshake = opts.want_serial;
                 if let Err(e) = s.ensure_connected(&mut rec).await {
                     rec.record_error(&e);
                 }
