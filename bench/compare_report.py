@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Turns bench/compare's raw zen-bench JSON into bench/RESULTS.md.
+
+argv: WORK OUT GIT_REV NGINX_VERSION HAPROXY_VERSION RUSTC PROFILE ROUNDS DURATION CONNS HS_CONC IDLE
+"""
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+(work, out, rev, nginx_v, haproxy_v, rustc_v, profile,
+ rounds, duration, conns, hs_conc, idle) = sys.argv[1:13]
+TARGETS = ["zen-proxy", "nginx", "haproxy"]
+PEERS = ["nginx", "haproxy"]
+
+runs = {}
+for path in sorted(glob.glob(os.path.join(work, "results", "*.json"))):
+    name = os.path.basename(path)[:-5]
+    rnd, rest = name.split("-", 1)
+    scenario = rest.rsplit("-", 1)[1]
+    target = rest.rsplit("-", 1)[0]
+    with open(path) as f:
+        runs.setdefault((target, scenario), []).append((int(rnd), json.load(f)))
+
+
+def med(target, scenario, getter):
+    vals = [getter(r) for _, r in runs.get((target, scenario), [])]
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def cpu(r):
+    return (r.get("target") or {}).get("cpu_us_per_request")
+
+
+def p99(r):
+    return r["latency_us"]["p99"] / 1000.0
+
+
+def rss_idle(r):
+    d = r.get("details") or {}
+    m = d.get("target_with_idle") or {}
+    return m.get("rss_kb", 0) / 1024.0 if m else None
+
+
+def pss_idle(r):
+    d = r.get("details") or {}
+    m = d.get("target_with_idle") or {}
+    return m.get("pss_kb", 0) / 1024.0 if m else None
+
+
+def fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+with open("/proc/loadavg") as f:
+    loadavg = " ".join(f.read().split()[:3])
+cpu_model = sh("lscpu | sed -n 's/^Model name: *//p' | head -1") or platform.processor()
+mem = sh("free -m | awk '/^Mem:/ {print $2\" MiB\"}'")
+lines = []
+w = lines.append
+w("# zen-bench: zen-proxy vs nginx vs HAProxy")
+w("")
+w(f"Produced by `bench/compare` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+  "Raw per-run figures below; headline numbers are medians over the rounds.")
+w("")
+w("**zen-proxy runs its full check chain** (mTLS client-cert verification + SPIFFE route rule + "
+  "zen-hmac-v1 signature verification + replay cache). **nginx and HAProxy do mTLS only**: "
+  "they cannot check the signatures, which the client still computes and sends to all three. "
+  "All three forward to the same upstream (one nginx worker answering `200 ok`) over "
+  "keep-alive connections.")
+w("")
+w("## Machine and versions")
+w("")
+w(f"- CPU: {cpu_model}, {os.cpu_count()} cores; memory {mem}; kernel {platform.release()}")
+w(f"- zen-proxy and zen-bench: git {rev}, cargo profile `{profile}`; {rustc_v}")
+w(f"- load average when the report was written: {loadavg} "
+  "(other work on the machine skews every figure; the rounds alternate targets so it "
+  "skews them alike)")
+w(f"- {nginx_v}")
+w(f"- {haproxy_v}")
+w("- The client (zen-bench), the upstream and the proxy under test share the same cores, "
+  "so absolute throughput is bounded by the machine; CPU µs per request is the target's "
+  "own utime+stime (its whole process tree) divided by the requests it served.")
+w("")
+w("## Ratio table (zen-proxy / peer; lower is better)")
+w("")
+w("| metric | zen-proxy | nginx | haproxy | zen/nginx | zen/haproxy | issue target | met |")
+w("|---|---|---|---|---|---|---|---|")
+
+
+def ratio_row(label, scenario, getter, target_txt, check):
+    z = med("zen-proxy", scenario, getter)
+    n = med("nginx", scenario, getter)
+    h = med("haproxy", scenario, getter)
+    rn = z / n if z is not None and n else None
+    rh = z / h if z is not None and h else None
+    met = check(z, n, h)
+    w(f"| {label} | {fmt(z)} | {fmt(n)} | {fmt(h)} | {fmt(rn, 2)} | {fmt(rh, 2)} | {target_txt} | "
+      f"{'-' if met is None else ('yes' if met else 'no')} |")
+
+
+def best(n, h):
+    vals = [v for v in (n, h) if v is not None]
+    return min(vals) if vals else None
+
+
+ratio_row(f"CPU µs / request (keep-alive, c={conns})", "keepalive", cpu,
+          "≤ 0.5 × better peer",
+          lambda z, n, h: None if z is None or best(n, h) is None else z <= 0.5 * best(n, h))
+ratio_row(f"CPU µs / new mTLS connection (c={hs_conc})", "handshake", cpu,
+          "≤ 0.25 × better peer",
+          lambda z, n, h: None if z is None or best(n, h) is None else z <= 0.25 * best(n, h))
+ratio_row(f"p99 latency ms (keep-alive, c={conns})", "keepalive", p99,
+          "≤ better peer",
+          lambda z, n, h: None if z is None or best(n, h) is None else z <= best(n, h))
+ratio_row(f"RSS MB with {idle} idle mTLS connections", "idle", rss_idle,
+          "≤ 30 MB (zen-proxy)",
+          lambda z, n, h: None if z is None else z <= 30.0)
+ratio_row(f"PSS MB with {idle} idle mTLS connections", "idle", pss_idle, "(info)",
+          lambda z, n, h: None)
+w("")
+w("RSS of nginx is summed over master + workers (shared pages counted once per process); "
+  "PSS splits shared pages and is the fairer sum for a multi-process server.")
+w("")
+w("## Raw figures")
+w("")
+w("| round | target | scenario | req/s | 2xx | unexpected | CPU µs/req | target CPU % | p50 ms | p99 ms | p99.9 ms | max ms | RSS MB | PSS MB |")
+w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for (target, scenario), rs in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for rnd, r in sorted(rs, key=lambda x: x[0]):
+        t = r.get("target") or {}
+        d = r.get("details") or {}
+        mem_src = d.get("target_with_idle") or t
+        lat = r["latency_us"]
+        w(f"| {rnd} | {target} | {scenario} | {r['requests_per_sec']:.0f} | {r['ok']} | {r['unexpected']} | "
+          f"{fmt(t.get('cpu_us_per_request'))} | {fmt(t.get('cpu_percent'), 0)} | "
+          f"{lat['p50']/1000:.2f} | {lat['p99']/1000:.2f} | {lat['p999']/1000:.2f} | {lat['max']/1000:.2f} | "
+          f"{fmt(mem_src.get('rss_kb', 0)/1024 if mem_src else None)} | "
+          f"{fmt(mem_src.get('pss_kb', 0)/1024 if mem_src else None)} |")
+w("")
+ref = runs.get(("zen-proxy", "refusals"), [])
+if ref:
+    w("## Refusals (zen-proxy only; 50 % bad: bad signature, replay, wrong cluster)")
+    w("")
+    w("| round | kind | expected | sent | as expected | other answers |")
+    w("|---|---|---|---|---|---|")
+    for rnd, r in sorted(ref, key=lambda x: x[0]):
+        for kind, t in r["details"]["kinds"].items():
+            other = ", ".join(f"{k}: {v}" for k, v in t["other"].items()) or "-"
+            w(f"| {rnd} | {kind} | {t['expected']} | {t['sent']} | {t['as_expected']} | {other} |")
+    w("")
+    w("| round | accepted p50 / p99 ms | refused p50 / p99 ms | CPU µs/req (mixed) |")
+    w("|---|---|---|---|")
+    for rnd, r in sorted(ref, key=lambda x: x[0]):
+        a = r["details"]["latency_accepted_us"]
+        f = r["details"]["latency_refused_us"]
+        w(f"| {rnd} | {a['p50']/1000:.2f} / {a['p99']/1000:.2f} | {f['p50']/1000:.2f} / {f['p99']/1000:.2f} | "
+          f"{fmt((r.get('target') or {}).get('cpu_us_per_request'))} |")
+    w("")
+w("## Commands")
+w("")
+w(f"`ROUNDS={rounds} DURATION={duration} CONNS={conns} HS_CONC={hs_conc} IDLE={idle} bench/compare` ran, per round "
+  "and target (order rotated each round):")
+w("")
+w("```")
+with open(os.path.join(work, "commands.txt")) as f:
+    seen = []
+    for line in f:
+        line = line.strip()
+        if line not in seen:
+            seen.append(line)
+    lines.extend(seen)
+w("```")
+w("")
+with open(out, "w") as f:
+    f.write("\n".join(lines) + "\n")
