@@ -20,11 +20,6 @@ use crate::service::ZenProxy;
 use crate::state::{Initial, State};
 use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
 
-/// Seconds between SIGTERM and closing listeners, then the most in-flight
-/// requests get to finish.
-const GRACE_PERIOD_SECS: u64 = 1;
-const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
-
 pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
     let initial = Initial::load(&cfg, &provider).map_err(anyhow::Error::new)?;
@@ -38,8 +33,8 @@ pub fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
 
     let conf = ServerConf {
-        grace_period_seconds: Some(GRACE_PERIOD_SECS),
-        graceful_shutdown_timeout_seconds: Some(SHUTDOWN_TIMEOUT_SECS),
+        grace_period_seconds: Some(cfg.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(cfg.shutdown_timeout_secs),
         threads: std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),

@@ -105,6 +105,8 @@ pub struct Config {
     pub replay_capacity: usize,
     pub watch_files: bool,
     pub debounce: Duration,
+    pub shutdown_grace_secs: u64,
+    pub shutdown_timeout_secs: u64,
     pub upstreams: Vec<Upstream>,
     pub routes: RouteTable,
     /// The validated YAML, for `/config_dump` (it holds paths, never secrets).
@@ -331,6 +333,8 @@ fn validate(
         replay_capacity: raw.replay_cache.capacity,
         watch_files: raw.reload.watch,
         debounce: Duration::from_millis(raw.reload.debounce_ms),
+        shutdown_grace_secs: raw.shutdown.grace_seconds,
+        shutdown_timeout_secs: raw.shutdown.timeout_seconds,
         upstreams,
         routes: RouteTable::new(routes),
         raw_dump,
@@ -524,6 +528,44 @@ routes:
         let text = MINIMAL.replace("cluster/{cid}/agent/*", "cluster/{cluster}/agent/*");
         let e = load(&text).unwrap_err();
         assert_eq!(e.0[0].path, "routes[0].auth.spiffe[0]");
+    }
+
+    #[test]
+    fn dev_config_covers_every_design_route() {
+        let text = include_str!("../../../config/dev/proxy.yaml");
+        let c = load(text).unwrap();
+        let t = &c.routes;
+        for (listener, method, path) in [
+            (
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/c1/desired-state",
+            ),
+            (Listener::Agent, "POST", "/agent/v1/heartbeat"),
+            (Listener::Agent, "POST", "/agent/v1/heartbeats"),
+            (
+                Listener::Agent,
+                "POST",
+                "/agent/v1/clusters/c1/adapters/sync",
+            ),
+            (Listener::Agent, "GET", "/agent/v1/allowlist"),
+            (Listener::Agent, "POST", "/enroll/v1/confirm"),
+            (Listener::Agent, "POST", "/agent/v1/svid/renew"),
+            (Listener::Agent, "GET", "/agent/v1/hmac-key"),
+            (Listener::Agent, "GET", "/proxy/v1/state"),
+            (Listener::Bootstrap, "POST", "/enroll/v1/request"),
+        ] {
+            assert!(t.find(listener, method, path).is_some(), "{method} {path}");
+        }
+        let ds = t
+            .find(
+                Listener::Agent,
+                "GET",
+                "/agent/v1/clusters/c1/desired-state",
+            )
+            .unwrap();
+        let id = "spiffe://zen.local/cluster/c2/agent/a";
+        assert!(!ds.route.spiffe.iter().any(|p| p.matches(id, &ds.vars)));
     }
 
     #[test]

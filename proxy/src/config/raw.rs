@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub replay_cache: RawReplayCache,
     #[serde(default)]
     pub reload: RawReload,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<RawRoute>,
 }
@@ -175,6 +177,34 @@ impl Default for RawReload {
         RawReload {
             watch: true,
             debounce_ms: default_debounce(),
+        }
+    }
+}
+
+/// SIGTERM: listeners stop accepting at once; in-flight requests get
+/// `grace_seconds` (pingora waits this long unconditionally), then runtimes
+/// get `timeout_seconds` to wind down.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    #[serde(default = "default_grace")]
+    pub grace_seconds: u64,
+    #[serde(default = "default_shutdown_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    10
+}
+fn default_shutdown_timeout() -> u64 {
+    5
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            grace_seconds: default_grace(),
+            timeout_seconds: default_shutdown_timeout(),
         }
     }
 }

@@ -198,7 +198,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         if !self.allow_tls12 {
             return Err(self.reject(
                 "tls_version",
-                rustls::Error::PeerIncompatible(rustls::PeerIncompatible::SupportedVersionsExtensionRequired),
+                rustls::Error::PeerIncompatible(
+                    rustls::PeerIncompatible::SupportedVersionsExtensionRequired,
+                ),
             ));
         }
         rustls::crypto::verify_tls12_signature(

@@ -10,10 +10,16 @@ use super::harness::{Env, A1, BULK_MAX, BULK_PATH};
 async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped() {
     let env = Env::start().await;
     let req = Req::get("/agent/v1/clusters/c1/desired-state?since=3")
-        .header("x-zen-spiffe-id", "spiffe://zen.local/cluster/c2/agent/evil")
+        .header(
+            "x-zen-spiffe-id",
+            "spiffe://zen.local/cluster/c2/agent/evil",
+        )
         .header("X-Zen-Key-Id", "k-b2")
         .header("x-zen-anything", "1")
-        .header("x-forwarded-client-cert", "Hash=00;URI=spiffe://zen.local/proxy/x")
+        .header(
+            "x-forwarded-client-cert",
+            "Hash=00;URI=spiffe://zen.local/proxy/x",
+        )
         .signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.agent(&env.a1, &req).await.unwrap();
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
@@ -35,7 +41,10 @@ async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped()
     // The signature headers travel on for the upstream's own audit.
     assert!(r.header("signature-input").is_some());
     assert_eq!(
-        env.metric("zen_proxy_requests_total{listener=\"agent\",route=\"desired-state\",status=\"200\"}").await,
+        env.metric(
+            "zen_proxy_requests_total{listener=\"agent\",route=\"desired-state\",status=\"200\"}"
+        )
+        .await,
         1.0
     );
 }
@@ -44,19 +53,35 @@ async fn post_body_of(env: &Env, size: usize) {
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let req = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.agent(&env.a1, &req).await.unwrap();
-    assert_eq!(resp.status, 200, "size {size}: {}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(
+        resp.status,
+        200,
+        "size {size}: {}",
+        String::from_utf8_lossy(&resp.body)
+    );
     let got = env.upstream.requests();
     let last = got.last().unwrap();
     assert_eq!(last.body.len(), size);
     assert!(last.body == body, "upstream body differs for size {size}");
-    assert_eq!(last.header("content-length"), Some(size.to_string().as_str()));
+    assert_eq!(
+        last.header("content-length"),
+        Some(size.to_string().as_str())
+    );
     assert!(last.header("content-digest").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_post_bodies_below_above_64k_and_at_the_maximum_arrive_byte_exact() {
     let env = Env::start().await;
-    for size in [1, 1000, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 150_000, BULK_MAX] {
+    for size in [
+        1,
+        1000,
+        64 * 1024 - 1,
+        64 * 1024,
+        64 * 1024 + 1,
+        150_000,
+        BULK_MAX,
+    ] {
         post_body_of(&env, size).await;
     }
     assert_eq!(env.upstream.requests().len(), 7);
@@ -81,7 +106,8 @@ async fn keep_alive_connection_serves_many_requests() {
     let env = Env::start().await;
     let mut conn = env.conn(&env.a1).await;
     for i in 0..20 {
-        let req = Req::post("/agent/v1/heartbeat", format!("{{\"n\":{i}}}").into_bytes()).signed(&env.a1.key_id, &env.a1.secret);
+        let req = Req::post("/agent/v1/heartbeat", format!("{{\"n\":{i}}}").into_bytes())
+            .signed(&env.a1.key_id, &env.a1.secret);
         let resp = conn.send(&req).await.unwrap();
         assert_eq!(resp.status, 200);
     }
@@ -93,7 +119,9 @@ async fn bootstrap_listener_serves_bootstrap_routes_without_client_cert() {
     let env = Env::start().await;
     let req = Req::post("/enroll/v1/request", b"{\"csr\":\"...\"}".to_vec())
         .header("x-zen-spiffe-id", A1);
-    let resp = once(env.bootstrap_addr, env.anon_cfg.clone(), &req).await.unwrap();
+    let resp = once(env.bootstrap_addr, env.anon_cfg.clone(), &req)
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     let r = env.upstream.requests().pop().unwrap();
     assert_eq!(r.target, "/enroll/v1/request");
@@ -105,12 +133,19 @@ async fn bootstrap_listener_serves_bootstrap_routes_without_client_cert() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hmac_off_proxy_route_admits_proxy_identity() {
     let env = Env::start().await;
-    let leaf = env.ca.leaf("spiffe://zen.local/proxy/edge-2", Default::default());
+    let leaf = env
+        .ca
+        .leaf("spiffe://zen.local/proxy/edge-2", Default::default());
     let cfg = super::client::client_config(&env.ca.pem(), Some(&leaf), false);
-    let resp = once(env.agent_addr, cfg, &Req::get("/proxy/v1/state?version=3")).await.unwrap();
+    let resp = once(env.agent_addr, cfg, &Req::get("/proxy/v1/state?version=3"))
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
     let r = env.upstream.requests().pop().unwrap();
-    assert_eq!(r.header("x-zen-spiffe-id"), Some("spiffe://zen.local/proxy/edge-2"));
+    assert_eq!(
+        r.header("x-zen-spiffe-id"),
+        Some("spiffe://zen.local/proxy/edge-2")
+    );
     assert!(r.header("x-zen-key-id").is_none());
 }
 

@@ -30,9 +30,10 @@ pub fn client_config(ca_pem: &str, leaf: Option<&Leaf>, tls12_only: bool) -> Arc
     let b = ClientConfig::builder_with_protocol_versions(versions).with_root_certificates(roots);
     let mut cfg = match leaf {
         Some(l) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(l.cert_pem.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(l.cert_pem.as_bytes())
+                    .map(|c| c.unwrap())
+                    .collect();
             let key = PrivateKeyDer::from_pem_slice(l.key_pem.as_bytes()).unwrap();
             b.with_client_auth_cert(chain, key).unwrap()
         }
@@ -76,7 +77,13 @@ impl Req {
     pub fn signed(self, key_id: &str, secret: &Secret) -> Req {
         self.signed_at(key_id, secret, UnixTime::now(), None)
     }
-    pub fn signed_at(mut self, key_id: &str, secret: &Secret, created: UnixTime, nonce: Option<String>) -> Req {
+    pub fn signed_at(
+        mut self,
+        key_id: &str,
+        secret: &Secret,
+        created: UnixTime,
+        nonce: Option<String>,
+    ) -> Req {
         let (path, query) = match self.path.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (self.path.clone(), None),
@@ -93,7 +100,8 @@ impl Req {
         opts.nonce = nonce;
         let body = (!self.body.is_empty()).then_some(&self.body[..]);
         let s = signature::sign(&parts, body, &opts).unwrap();
-        self.headers.push(("signature-input".into(), s.signature_input));
+        self.headers
+            .push(("signature-input".into(), s.signature_input));
         self.headers.push(("signature".into(), s.signature));
         if let Some(d) = s.content_digest {
             self.headers.push(("content-digest".into(), d));
@@ -101,7 +109,11 @@ impl Req {
         self
     }
     fn encode(&self) -> Vec<u8> {
-        let mut out = format!("{} {} HTTP/1.1\r\nhost: localhost\r\n", self.method, self.path).into_bytes();
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nhost: localhost\r\n",
+            self.method, self.path
+        )
+        .into_bytes();
         for (n, v) in &self.headers {
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
         }
@@ -116,7 +128,9 @@ impl Req {
             out.extend_from_slice(b"0\r\n\r\n");
         } else {
             if !self.body.is_empty() || self.method == "POST" {
-                out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+                out.extend_from_slice(
+                    format!("content-length: {}\r\n", self.body.len()).as_bytes(),
+                );
             }
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(&self.body);
@@ -135,7 +149,11 @@ pub struct Resp {
 impl Resp {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("status {} body is not JSON ({e}): {:?}", self.status, String::from_utf8_lossy(&self.body))
+            panic!(
+                "status {} body is not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
         })
     }
     pub fn error_code(&self) -> String {
@@ -154,7 +172,10 @@ impl Conn {
         let stream = TlsConnector::from(cfg)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await?;
-        Ok(Conn { stream, buf: Vec::new() })
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
     }
 
     pub fn peer_leaf_der(&self) -> Vec<u8> {
@@ -171,7 +192,10 @@ impl Conn {
         let mut tmp = [0u8; 16384];
         let n = self.stream.read(&mut tmp).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
         }
         self.buf.extend_from_slice(&tmp[..n]);
         Ok(())
@@ -187,10 +211,20 @@ impl Conn {
         let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
         self.buf.drain(..head_end);
         let mut lines = head.split("\r\n");
-        let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers: Vec<(String, String)> = lines
             .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string())))
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
             .collect();
         let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
         let mut body = Vec::new();
@@ -207,7 +241,9 @@ impl Conn {
                     }
                     self.fill().await?;
                 };
-                let size = usize::from_str_radix(String::from_utf8_lossy(&self.buf[..le]).trim(), 16).unwrap();
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&self.buf[..le]).trim(), 16)
+                        .unwrap();
                 self.buf.drain(..le + 2);
                 while self.buf.len() < size + 2 {
                     self.fill().await?;
@@ -219,7 +255,11 @@ impl Conn {
                 }
             }
         }
-        Ok(Resp { status, headers, body })
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 }
 

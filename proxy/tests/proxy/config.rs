@@ -28,13 +28,20 @@ async fn refuses_to_start(edit: impl FnOnce(&Env, String) -> String, expect: &st
     assert_ne!(code, 0, "started anyway: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "want one clear line, got: {stderr}");
-    assert!(lines[0].starts_with("zen-proxy: refusing to start:"), "{stderr}");
+    assert!(
+        lines[0].starts_with("zen-proxy: refusing to start:"),
+        "{stderr}"
+    );
     assert!(lines[0].contains(expect), "want {expect:?} in: {stderr}");
 }
 
 #[tokio::test]
 async fn refuses_client_auth_not_required() {
-    refuses_to_start(|_, t| t.replace("client_auth: required", "client_auth: optional"), "listeners.agent.client_auth").await;
+    refuses_to_start(
+        |_, t| t.replace("client_auth: required", "client_auth: optional"),
+        "listeners.agent.client_auth",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -74,7 +81,11 @@ async fn refuses_unparsable_bundle() {
 async fn refuses_unparsable_key() {
     refuses_to_start(
         |env, t| {
-            std::fs::write(env.dir.path().join("tls.key"), "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+            std::fs::write(
+                env.dir.path().join("tls.key"),
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            )
+            .unwrap();
             t
         },
         "tls.key_file",
@@ -88,7 +99,15 @@ async fn refuses_key_owner_that_is_not_a_spiffe_id() {
         |env, t| {
             let p = env.dir.path().join("keys.json");
             let keys = std::fs::read_to_string(&p).unwrap();
-            std::fs::write(&p, keys.replacen("spiffe://zen.local/cluster/c1/agent/a1", "https://zen.local/a1", 1)).unwrap();
+            std::fs::write(
+                &p,
+                keys.replacen(
+                    "spiffe://zen.local/cluster/c1/agent/a1",
+                    "https://zen.local/a1",
+                    1,
+                ),
+            )
+            .unwrap();
             t
         },
         "key_set_file",
@@ -103,7 +122,8 @@ async fn check_prints_every_error_with_its_yaml_path() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(": ok"));
 
-    let text = std::fs::read_to_string(env.config_path()).unwrap()
+    let text = std::fs::read_to_string(env.config_path())
+        .unwrap()
         .replace("client_auth: required", "client_auth: none")
         .replace("agent/*\"], hmac: required }", "agent/*\"], hmac: off }");
     std::fs::write(env.config_path(), text).unwrap();

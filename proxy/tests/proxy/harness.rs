@@ -24,7 +24,6 @@ pub const BULK_PATH: &str = "/agent/v1/heartbeats";
 pub const BULK_MAX: usize = 200_000;
 
 pub struct Agent {
-    pub id: String,
     pub leaf: Leaf,
     pub key_id: String,
     pub secret: Secret,
@@ -71,16 +70,26 @@ pub struct Env {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
-pub fn path(env: &Env, name: &str) -> PathBuf {
-    env.dir.path().join(name)
-}
-
-pub fn key_entry(key_id: &str, secret: &Secret, owner: &str, status: KeyStatus, expired: bool) -> KeySetEntry {
+pub fn key_entry(
+    key_id: &str,
+    secret: &Secret,
+    owner: &str,
+    status: KeyStatus,
+    expired: bool,
+) -> KeySetEntry {
     let now = UnixTime::now().0;
-    let (nb, na) = if expired { (now - 7200, now - 3600) } else { (now - 3600, now + 86_400) };
+    let (nb, na) = if expired {
+        (now - 7200, now - 3600)
+    } else {
+        (now - 3600, now + 86_400)
+    };
     KeySetEntry {
         key_id: key_id.into(),
         secret: Secret::from_bytes(secret.expose().to_vec()),
@@ -114,7 +123,11 @@ impl Env {
         let ca = Ca::new(TD);
         let other_ca = Ca::new("other.local");
         let upstream = Upstream::start().await;
-        let upstream_addr = if o.upstream_dead { Upstream::dead_addr().await } else { upstream.addr };
+        let upstream_addr = if o.upstream_dead {
+            Upstream::dead_addr().await
+        } else {
+            upstream.addr
+        };
 
         let serving = ca.leaf(
             "spiffe://zen.local/proxy/test",
@@ -133,7 +146,6 @@ impl Env {
             let leaf = ca.leaf(id, LeafOpts::default());
             let cfg = client_config(&ca.pem(), Some(&leaf), false);
             Agent {
-                id: id.into(),
                 leaf,
                 key_id: key_id.into(),
                 secret: Secret::generate(),
@@ -151,14 +163,31 @@ impl Env {
                 key_entry("k-a1", &a1.secret, A1, KeyStatus::Active, false),
                 key_entry("k-b2", &b2.secret, B2, KeyStatus::Active, false),
                 key_entry("k-r1", &r1.secret, R1, KeyStatus::Active, false),
-                key_entry("k-a1-expired", &a1_expired_secret, A1, KeyStatus::Active, true),
-                key_entry("k-a1-revoked", &a1_revoked_secret, A1, KeyStatus::Revoked, false),
+                key_entry(
+                    "k-a1-expired",
+                    &a1_expired_secret,
+                    A1,
+                    KeyStatus::Active,
+                    true,
+                ),
+                key_entry(
+                    "k-a1-revoked",
+                    &a1_revoked_secret,
+                    A1,
+                    KeyStatus::Revoked,
+                    false,
+                ),
             ],
         };
-        std::fs::write(dir.path().join("keys.json"), serde_json::to_vec_pretty(&keys).unwrap()).unwrap();
+        std::fs::write(
+            dir.path().join("keys.json"),
+            serde_json::to_vec_pretty(&keys).unwrap(),
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("revocations.json"),
-            serde_json::json!({"version": 1, "revoked_spiffe_ids": [R1], "revoked_serials": []}).to_string(),
+            serde_json::json!({"version": 1, "revoked_spiffe_ids": [R1], "revoked_serials": []})
+                .to_string(),
         )
         .unwrap();
 
@@ -180,6 +209,7 @@ key_set_file: "{d}/keys.json"
 revocations_file: "{d}/revocations.json"
 replay_cache: {{ capacity: {cap} }}
 reload: {{ watch: {watch}, debounce_ms: 20 }}
+shutdown: {{ grace_seconds: 3, timeout_seconds: 2 }}
 upstreams:
   control: {{ address: "{upstream_addr}", connect_timeout_ms: 500, read_timeout_ms: 5000 }}
 routes:
@@ -259,14 +289,21 @@ routes:
         loop {
             if let Ok((200, _)) = self.admin_get("/readyz").await {
                 // The TLS listeners start with the admin one; make sure they accept.
-                if tokio::net::TcpStream::connect(self.agent_addr).await.is_ok() {
+                if tokio::net::TcpStream::connect(self.agent_addr)
+                    .await
+                    .is_ok()
+                {
                     return;
                 }
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("zen-proxy exited early ({status}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "zen-proxy not ready: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "zen-proxy not ready: {}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -277,8 +314,10 @@ routes:
 
     pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         let mut s = tokio::net::TcpStream::connect(self.admin_addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut out = Vec::new();
         s.read_to_end(&mut out).await?;
         let text = String::from_utf8_lossy(&out).to_string();
@@ -287,7 +326,10 @@ routes:
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| std::io::Error::other("bad admin response"))?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -295,12 +337,16 @@ routes:
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await.unwrap();
         body.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
             .unwrap_or(0.0)
     }
 
     pub async fn refusals(&self, code: &str) -> f64 {
-        self.metric(&format!("zen_proxy_refusals_total{{reason=\"{code}\"}}")).await
+        self.metric(&format!("zen_proxy_refusals_total{{reason=\"{code}\"}}"))
+            .await
     }
 
     pub async fn agent(&self, who: &Agent, req: &Req) -> std::io::Result<Resp> {
@@ -308,20 +354,46 @@ routes:
     }
 
     pub async fn conn(&self, who: &Agent) -> Conn {
-        Conn::connect(self.agent_addr, who.cfg.clone()).await.unwrap()
+        Conn::connect(self.agent_addr, who.cfg.clone())
+            .await
+            .unwrap()
     }
 
     /// Sends `req` and asserts the refusal contract: status, JSON code,
     /// metric +1, and not one byte at the upstream.
-    pub async fn assert_refused(&self, who_cfg: Arc<ClientConfig>, addr: SocketAddr, req: &Req, status: u16, code: &str) -> Resp {
+    pub async fn assert_refused(
+        &self,
+        who_cfg: Arc<ClientConfig>,
+        addr: SocketAddr,
+        req: &Req,
+        status: u16,
+        code: &str,
+    ) -> Resp {
         let before = self.refusals(code).await;
         let bytes_before = self.upstream.bytes();
         let resp = once(addr, who_cfg, req).await.expect("request answered");
-        assert_eq!(resp.status, status, "body: {}", String::from_utf8_lossy(&resp.body));
+        assert_eq!(
+            resp.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
         assert_eq!(resp.error_code(), code);
+        assert!(resp
+            .headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v == "application/json"));
         assert!(resp.json()["detail"].is_string());
-        assert_eq!(self.refusals(code).await, before + 1.0, "refusal metric for {code}");
-        assert_eq!(self.upstream.bytes(), bytes_before, "upstream received bytes for a refused request");
+        assert_eq!(
+            self.refusals(code).await,
+            before + 1.0,
+            "refusal metric for {code}"
+        );
+        assert_eq!(
+            self.upstream.bytes(),
+            bytes_before,
+            "upstream received bytes for a refused request"
+        );
         assert!(self.upstream.requests().is_empty() || bytes_before > 0);
         resp
     }

@@ -30,10 +30,17 @@ pub struct LeafOpts {
 impl Ca {
     pub fn new(trust_domain: &str) -> Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, format!("{trust_domain} test CA"));
+        p.distinguished_name
+            .push(DnType::CommonName, format!("{trust_domain} test CA"));
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        p.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into().unwrap())];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}").try_into().unwrap(),
+        )];
         let key = KeyPair::generate().unwrap();
         Ca {
             issuer: CertifiedIssuer::self_signed(p, key).unwrap(),
@@ -60,11 +67,17 @@ impl Ca {
         p.subject_alt_names = sans;
         if o.is_ca {
             p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            p.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
         } else {
             p.is_ca = IsCa::ExplicitNoCa;
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ];
         }
         if o.expired {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -92,11 +105,4 @@ fn rand_serial() -> u64 {
         .unwrap()
         .subsec_nanos() as u64;
     (N.fetch_add(1, Ordering::Relaxed) << 20) | (nanos & 0xfffff) | 0x0100_0000_0000_0000
-}
-
-/// Lowercase hex of a serial without leading zero bytes (zen-trust's format).
-pub fn serial_hex(serial: u64) -> String {
-    let bytes = serial.to_be_bytes();
-    let first = bytes.iter().position(|b| *b != 0).unwrap_or(7);
-    bytes[first..].iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -15,13 +15,21 @@ const DS_C1: &str = "/agent/v1/clusters/c1/desired-state";
 
 impl Env {
     async fn refused(&self, req: &Req, status: u16, code: &str) {
-        self.assert_refused(self.a1.cfg.clone(), self.agent_addr, req, status, code).await;
+        self.assert_refused(self.a1.cfg.clone(), self.agent_addr, req, status, code)
+            .await;
     }
 
     /// The TLS handshake (or the first read, where TLS 1.3 reports client
     /// auth failures) fails and nothing reaches the upstream.
-    async fn handshake_refused(&self, cfg: Arc<ClientConfig>, addr: std::net::SocketAddr, result: Option<&str>) {
-        let series = result.map(|r| format!("zen_proxy_tls_handshakes_total{{listener=\"agent\",result=\"{r}\"}}"));
+    async fn handshake_refused(
+        &self,
+        cfg: Arc<ClientConfig>,
+        addr: std::net::SocketAddr,
+        result: Option<&str>,
+    ) {
+        let series = result.map(|r| {
+            format!("zen_proxy_tls_handshakes_total{{listener=\"agent\",result=\"{r}\"}}")
+        });
         let before = match &series {
             Some(s) => self.metric(s).await,
             None => 0.0,
@@ -39,7 +47,8 @@ impl Env {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_cert_required_no_client_cert_fails_the_handshake() {
     let env = Env::start().await;
-    env.handshake_refused(env.anon_cfg.clone(), env.agent_addr, None).await;
+    env.handshake_refused(env.anon_cfg.clone(), env.agent_addr, None)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,23 +56,38 @@ async fn cert_from_another_trust_domains_ca_claiming_our_domain_fails_the_handsh
     let env = Env::start().await;
     let forged = env.other_ca.leaf(A1, LeafOpts::default());
     let cfg = client_config(&env.ca.pem(), Some(&forged), false);
-    env.handshake_refused(cfg, env.agent_addr, Some("chain_invalid")).await;
+    env.handshake_refused(cfg, env.agent_addr, Some("chain_invalid"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_cert_fails_the_handshake() {
     let env = Env::start().await;
-    let leaf = env.ca.leaf(A1, LeafOpts { expired: true, ..LeafOpts::default() });
+    let leaf = env.ca.leaf(
+        A1,
+        LeafOpts {
+            expired: true,
+            ..LeafOpts::default()
+        },
+    );
     let cfg = client_config(&env.ca.pem(), Some(&leaf), false);
-    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid")).await;
+    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ca_cert_used_as_leaf_fails_the_handshake() {
     let env = Env::start().await;
-    let leaf = env.ca.leaf(A1, LeafOpts { is_ca: true, ..LeafOpts::default() });
+    let leaf = env.ca.leaf(
+        A1,
+        LeafOpts {
+            is_ca: true,
+            ..LeafOpts::default()
+        },
+    );
     let cfg = client_config(&env.ca.pem(), Some(&leaf), false);
-    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid")).await;
+    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -77,16 +101,22 @@ async fn two_uri_sans_fail_the_handshake() {
         },
     );
     let cfg = client_config(&env.ca.pem(), Some(&leaf), false);
-    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid")).await;
+    env.handshake_refused(cfg, env.agent_addr, Some("svid_invalid"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tls12_is_refused_unless_opted_in() {
     let env = Env::start().await;
     let cfg = client_config(&env.ca.pem(), Some(&env.a1.leaf), true);
-    env.handshake_refused(cfg.clone(), env.agent_addr, Some("tls_version")).await;
+    env.handshake_refused(cfg.clone(), env.agent_addr, Some("tls_version"))
+        .await;
 
-    let env12 = Env::start_with(Opts { allow_tls12: true, ..Opts::default() }).await;
+    let env12 = Env::start_with(Opts {
+        allow_tls12: true,
+        ..Opts::default()
+    })
+    .await;
     let cfg = client_config(&env12.ca.pem(), Some(&env12.a1.leaf), true);
     let req = Req::get(DS_C1).signed(&env12.a1.key_id, &env12.a1.secret);
     assert_eq!(once(env12.agent_addr, cfg, &req).await.unwrap().status, 200);
@@ -95,20 +125,23 @@ async fn tls12_is_refused_unless_opted_in() {
 #[tokio::test(flavor = "multi_thread")]
 async fn spiffe_forbidden_agent_of_c1_asking_for_c2() {
     let env = Env::start().await;
-    let req = Req::get("/agent/v1/clusters/c2/desired-state").signed(&env.a1.key_id, &env.a1.secret);
+    let req =
+        Req::get("/agent/v1/clusters/c2/desired-state").signed(&env.a1.key_id, &env.a1.secret);
     env.refused(&req, 403, "spiffe_forbidden").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spiffe_forbidden_proxy_route_for_an_agent() {
     let env = Env::start().await;
-    env.refused(&Req::get("/proxy/v1/state"), 403, "spiffe_forbidden").await;
+    env.refused(&Req::get("/proxy/v1/state"), 403, "spiffe_forbidden")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signature_missing() {
     let env = Env::start().await;
-    env.refused(&Req::get(DS_C1), 401, "signature_missing").await;
+    env.refused(&Req::get(DS_C1), 401, "signature_missing")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,7 +192,8 @@ async fn signature_invalid_wrong_secret() {
 #[tokio::test(flavor = "multi_thread")]
 async fn digest_mismatch() {
     let env = Env::start().await;
-    let mut req = Req::post("/agent/v1/heartbeat", b"{\"ok\":1}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    let mut req = Req::post("/agent/v1/heartbeat", b"{\"ok\":1}".to_vec())
+        .signed(&env.a1.key_id, &env.a1.secret);
     req.body = b"{\"ok\":2}".to_vec();
     env.refused(&req, 401, "digest_mismatch").await;
 }
@@ -176,7 +210,8 @@ async fn chunked_body_with_bad_digest() {
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_of_an_accepted_request() {
     let env = Env::start().await;
-    let req = Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    let req =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
     assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
     let before = env.refusals("replay").await;
     let bytes = env.upstream.bytes();
@@ -191,15 +226,24 @@ async fn replay_of_an_accepted_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_mismatch_key_owned_by_a_different_spiffe_id() {
     let env = Env::start().await;
-    let req = Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.b2.key_id, &env.b2.secret);
+    let req =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.b2.key_id, &env.b2.secret);
     env.refused(&req, 403, "identity_mismatch").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_revoked() {
     let env = Env::start().await;
-    let req = Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.r1.key_id, &env.r1.secret);
-    env.assert_refused(env.r1.cfg.clone(), env.agent_addr, &req, 403, "identity_revoked").await;
+    let req =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.r1.key_id, &env.r1.secret);
+    env.assert_refused(
+        env.r1.cfg.clone(),
+        env.agent_addr,
+        &req,
+        403,
+        "identity_revoked",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,19 +252,26 @@ async fn body_one_byte_over_the_limit() {
     let req = Req::post(BULK_PATH, vec![1u8; BULK_MAX + 1]).signed(&env.a1.key_id, &env.a1.secret);
     env.refused(&req, 413, "body_too_large").await;
     // Chunked (no declared length) is bounded while reading.
-    let mut req = Req::post(BULK_PATH, vec![1u8; BULK_MAX + 1]).signed(&env.a1.key_id, &env.a1.secret);
+    let mut req =
+        Req::post(BULK_PATH, vec![1u8; BULK_MAX + 1]).signed(&env.a1.key_id, &env.a1.secret);
     req.chunked = true;
     env.refused(&req, 413, "body_too_large").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_cache_full() {
-    let env = Env::start_with(Opts { replay_capacity: 1, ..Opts::default() }).await;
-    let first = Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    let env = Env::start_with(Opts {
+        replay_capacity: 1,
+        ..Opts::default()
+    })
+    .await;
+    let first =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
     assert_eq!(env.agent(&env.a1, &first).await.unwrap().status, 200);
     let before = env.refusals("replay_cache_full").await;
     let bytes = env.upstream.bytes();
-    let second = Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    let second =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.agent(&env.a1, &second).await.unwrap();
     assert_eq!(resp.status, 503);
     assert_eq!(resp.error_code(), "replay_cache_full");
@@ -230,7 +281,11 @@ async fn replay_cache_full() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_unavailable() {
-    let env = Env::start_with(Opts { upstream_dead: true, ..Opts::default() }).await;
+    let env = Env::start_with(Opts {
+        upstream_dead: true,
+        ..Opts::default()
+    })
+    .await;
     let req = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
     env.refused(&req, 502, "upstream_unavailable").await;
 }
@@ -241,21 +296,40 @@ async fn no_route_is_404_json() {
     let req = Req::get("/agent/v1/nope").signed(&env.a1.key_id, &env.a1.secret);
     env.refused(&req, 404, "no_route").await;
     // Bootstrap routes are not served on the agent listener.
-    env.refused(&Req::post("/enroll/v1/request", b"{}".to_vec()), 404, "no_route").await;
+    env.refused(
+        &Req::post("/enroll/v1/request", b"{}".to_vec()),
+        404,
+        "no_route",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_serves_only_bootstrap_routes() {
     let env = Env::start().await;
     let req = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
-    env.assert_refused(env.a1.cfg.clone(), env.bootstrap_addr, &req, 404, "no_route").await;
+    env.assert_refused(
+        env.a1.cfg.clone(),
+        env.bootstrap_addr,
+        &req,
+        404,
+        "no_route",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bootstrap_require_spiffe_needs_a_client_cert() {
-    let env = Env::start_with(Opts { require_spiffe: true, ..Opts::default() }).await;
-    env.handshake_refused(env.anon_cfg.clone(), env.bootstrap_addr, None).await;
+    let env = Env::start_with(Opts {
+        require_spiffe: true,
+        ..Opts::default()
+    })
+    .await;
+    env.handshake_refused(env.anon_cfg.clone(), env.bootstrap_addr, None)
+        .await;
     let req = Req::post("/enroll/v1/request", b"{}".to_vec());
-    let resp = once(env.bootstrap_addr, env.a1.cfg.clone(), &req).await.unwrap();
+    let resp = once(env.bootstrap_addr, env.a1.cfg.clone(), &req)
+        .await
+        .unwrap();
     assert_eq!(resp.status, 200);
 }

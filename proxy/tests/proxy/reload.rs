@@ -16,7 +16,11 @@ const HB: &str = "/agent/v1/heartbeat";
 async fn wait_metric(env: &Env, series: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while env.metric(series).await < at_least {
-        assert!(Instant::now() < deadline, "{series} never reached {at_least}: {}", env.log());
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}: {}",
+            env.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -45,26 +49,45 @@ async fn invalid_key_set_keeps_the_old_one_and_a_valid_one_is_picked_up() {
     assert_eq!(env.metric("zen_proxy_key_set_version").await, 1.0);
 
     let fresh = Secret::generate();
-    write_atomic(&keys, &key_file(&env, 2, vec![key_entry("k-a1-v2", &fresh, A1, KeyStatus::Active, false)]));
+    write_atomic(
+        &keys,
+        &key_file(
+            &env,
+            2,
+            vec![key_entry("k-a1-v2", &fresh, A1, KeyStatus::Active, false)],
+        ),
+    );
     wait_metric(&env, ok, 1.0).await;
     assert_eq!(env.metric("zen_proxy_key_set_version").await, 2.0);
     let req = Req::post(HB, b"{}".to_vec()).signed("k-a1-v2", &fresh);
     assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
-    assert!(env.log().contains("reload refused"), "the bad file is logged");
+    assert!(
+        env.log().contains("reload refused"),
+        "the bad file is logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_serving_cert_keeps_the_old_one() {
     let env = Env::start().await;
     write_atomic(&env.dir.path().join("tls.crt"), b"garbage");
-    wait_metric(&env, "zen_proxy_reloads_total{result=\"error\",what=\"serving_cert\"}", 1.0).await;
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"error\",what=\"serving_cert\"}",
+        1.0,
+    )
+    .await;
     let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
     assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_revocations() {
-    let env = Env::start_with(Opts { watch: false, ..Opts::default() }).await;
+    let env = Env::start_with(Opts {
+        watch: false,
+        ..Opts::default()
+    })
+    .await;
     let req = || Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
     assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
     std::fs::write(
@@ -76,7 +99,12 @@ async fn sighup_reloads_revocations() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
     env.sighup();
-    wait_metric(&env, "zen_proxy_reloads_total{result=\"ok\",what=\"revocations\"}", 1.0).await;
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"revocations\"}",
+        1.0,
+    )
+    .await;
     let resp = env.agent(&env.a1, &req()).await.unwrap();
     assert_eq!(resp.status, 403);
     assert_eq!(resp.error_code(), "identity_revoked");
@@ -95,22 +123,29 @@ async fn swap_under_load_cert_and_key_set_100_times_no_failed_request() {
         tasks.push(tokio::spawn(async move {
             let mut conn: Option<Conn> = None;
             while !stop.load(Ordering::Relaxed) {
-                let req = Req::post(HB, b"{\"load\":1}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+                let req =
+                    Req::post(HB, b"{\"load\":1}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
                 let c = match (&mut conn, keep_alive) {
                     (Some(c), true) => c,
-                    _ => conn.insert(match Conn::connect(env.agent_addr, env.a1.cfg.clone()).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            failed.lock().unwrap().push(format!("connect: {e}"));
-                            continue;
-                        }
-                    }),
+                    _ => conn.insert(
+                        match Conn::connect(env.agent_addr, env.a1.cfg.clone()).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                failed.lock().unwrap().push(format!("connect: {e}"));
+                                continue;
+                            }
+                        },
+                    ),
                 };
                 match c.send(&req).await {
                     Ok(r) if r.status == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failed.lock().unwrap().push(format!("status {} {}", r.status, String::from_utf8_lossy(&r.body))),
+                    Ok(r) => failed.lock().unwrap().push(format!(
+                        "status {} {}",
+                        r.status,
+                        String::from_utf8_lossy(&r.body)
+                    )),
                     Err(e) => {
                         failed.lock().unwrap().push(format!("io: {e}"));
                         conn = None;
@@ -145,11 +180,16 @@ async fn swap_under_load_cert_and_key_set_100_times_no_failed_request() {
     // A connection opened after the last rewrite sees the new cert within 1 s.
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let c = Conn::connect(env.agent_addr, env.a1.cfg.clone()).await.unwrap();
+        let c = Conn::connect(env.agent_addr, env.a1.cfg.clone())
+            .await
+            .unwrap();
         if c.peer_leaf_der() == last_leaf {
             break;
         }
-        assert!(Instant::now() < deadline, "new serving cert not visible within 1 s");
+        assert!(
+            Instant::now() < deadline,
+            "new serving cert not visible within 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -157,28 +197,64 @@ async fn swap_under_load_cert_and_key_set_100_times_no_failed_request() {
     for t in tasks {
         t.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
-    assert!(failed.is_empty(), "{} failed requests, first: {:?}", failed.len(), failed.first());
-    assert!(ok.load(Ordering::Relaxed) > 50, "load generator made only {} requests", ok.load(Ordering::Relaxed));
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 50,
+        "load generator made only {} requests",
+        ok.load(Ordering::Relaxed)
+    );
     assert_eq!(env.metric("zen_proxy_key_set_version").await, 109.0);
-    assert!(env.metric("zen_proxy_reloads_total{result=\"ok\",what=\"serving_cert\"}").await >= 1.0);
+    assert!(
+        env.metric("zen_proxy_reloads_total{result=\"ok\",what=\"serving_cert\"}")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_then_exits() {
     let mut env = Env::start().await;
     let mut conn = env.conn(&env.a1).await;
-    let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
-    assert_eq!(conn.send(&req).await.unwrap().status, 200);
+    let slow = Req::post(HB, b"{}".to_vec())
+        .header("x-test-delay-ms", "1500")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let in_flight = tokio::spawn(async move { conn.send(&slow).await });
+    // Let the request reach the upstream, then ask the proxy to stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.upstream.bytes() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     env.sigterm();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completes during drain");
+    assert_eq!(resp.status, 200);
     let child = env.child.as_mut().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "zen-proxy did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "zen-proxy did not exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success() || status.code().is_some(), "exited by signal: {status}");
+    assert!(
+        status.code().is_some(),
+        "killed by a signal instead of exiting: {status}"
+    );
+    // New connections are refused once it is gone.
+    assert!(Conn::connect(env.agent_addr, env.a1.cfg.clone())
+        .await
+        .is_err());
 }

@@ -53,7 +53,9 @@ impl Upstream {
         let l2 = log.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
                 l2.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(serve(s, l2.clone()));
             }
@@ -109,10 +111,18 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
         let target = first.next().unwrap_or("").to_string();
         let headers: Vec<(String, String)> = lines
             .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            })
             .collect();
         buf.drain(..head_end);
-        let get = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let mut body = Vec::new();
         if let Some(cl) = get("content-length").and_then(|v| v.parse::<usize>().ok()) {
             while buf.len() < cl {
@@ -137,7 +147,9 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
                     log.bytes.fetch_add(n, Ordering::SeqCst);
                     buf.extend_from_slice(&tmp[..n]);
                 };
-                let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).unwrap_or(0);
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                        .unwrap_or(0);
                 buf.drain(..line_end + 2);
                 while buf.len() < size + 2 {
                     let n = match s.read(&mut tmp).await {
@@ -153,6 +165,10 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
                     break;
                 }
             }
+        }
+        // Lets tests hold a request in flight (SIGTERM drain).
+        if let Some(ms) = get("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
         }
         log.requests.lock().unwrap().push(Recorded {
             method,
