@@ -77,6 +77,8 @@ pub enum TransportError {
     Http(#[from] hyper::Error),
     #[error("timed out")]
     Timeout,
+    #[error("building the request: {0}")]
+    Request(String),
 }
 
 impl TransportError {
@@ -86,6 +88,7 @@ impl TransportError {
             TransportError::Tls(_) => "tls",
             TransportError::Http(_) => "http",
             TransportError::Timeout => "timeout",
+            TransportError::Request(_) => "request",
         }
     }
 }

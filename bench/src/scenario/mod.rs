@@ -151,9 +151,9 @@ impl Session {
         self.ensure_connected(rec).await?;
         let http = req
             .to_http(&self.ctx.target)
-            .map_err(|_| TransportError::Timeout)?;
+            .map_err(|e| TransportError::Request(format!("{e:#}")))?;
         let Some(conn) = self.conn.as_mut() else {
-            return Err(TransportError::Timeout);
+            return Err(TransportError::Request("no connection".into()));
         };
         let result = match tokio::time::timeout(self.ctx.timeout, conn.send(http)).await {
             Ok(r) => r,
