@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns bench/compare's raw zen-bench JSON into bench/RESULTS.md.
 
-argv: WORK OUT GIT_REV NGINX_VERSION HAPROXY_VERSION RUSTC PROFILE ROUNDS DURATION CONNS HS_CONC IDLE
+argv: WORK OUT GIT_REV NGINX_VERSION HAPROXY_VERSION RUSTC PROFILE ROUNDS DURATION CONNS HS_CONC IDLE RATE
 """
 import glob
 import json
@@ -13,7 +13,7 @@ import sys
 import time
 
 (work, out, rev, nginx_v, haproxy_v, rustc_v, profile,
- rounds, duration, conns, hs_conc, idle) = sys.argv[1:13]
+ rounds, duration, conns, hs_conc, idle, rate) = sys.argv[1:14]
 TARGETS = ["zen-proxy", "nginx", "haproxy"]
 PEERS = ["nginx", "haproxy"]
 
@@ -125,6 +125,10 @@ ratio_row(f"CPU µs / new mTLS connection (c={hs_conc})", "handshake", cpu,
 ratio_row(f"p99 latency ms (keep-alive, c={conns})", "keepalive", p99,
           "≤ better peer",
           lambda z, n, h: None if z is None or best(n, h) is None else z <= best(n, h))
+ratio_row(f"p99 latency ms (open loop, {rate} req/s, CO-corrected)", "rate", p99,
+          "(info)", lambda z, n, h: None)
+ratio_row(f"CPU µs / request (open loop, {rate} req/s)", "rate", cpu,
+          "(info)", lambda z, n, h: None)
 ratio_row(f"RSS MB with {idle} idle mTLS connections", "idle", rss_idle,
           "≤ 30 MB (zen-proxy)",
           lambda z, n, h: None if z is None else z <= 30.0)
@@ -171,7 +175,7 @@ if ref:
     w("")
 w("## Commands")
 w("")
-w(f"`ROUNDS={rounds} DURATION={duration} CONNS={conns} HS_CONC={hs_conc} IDLE={idle} bench/compare` ran, per round "
+w(f"`ROUNDS={rounds} DURATION={duration} CONNS={conns} HS_CONC={hs_conc} IDLE={idle} RATE={rate} bench/compare` ran, per round "
   "and target (order rotated each round):")
 w("")
 w("```")
