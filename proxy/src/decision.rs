@@ -110,7 +110,9 @@ pub async fn decide(
             });
         }
     }
+    // Guards are short-lived by design: release before awaiting the body.
     drop(m);
+    drop(routes);
 
     // 4. Body, read whole and bounded before any upstream is chosen.
     let body = read_bounded(body, req.content_length, route.max_body_bytes).await?;

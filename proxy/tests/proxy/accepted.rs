@@ -173,3 +173,50 @@ async fn admin_endpoints() {
         assert!(metrics.contains(name), "missing {name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_signed_post_above_64k_is_forwarded_byte_exact() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let env = Env::start().await;
+    let mut cfg = (*super::client::client_config(&env.ca.pem(), Some(&env.a1.leaf), false)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(env.agent_addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    let body: Vec<u8> = (0..100_000).map(|i| (i % 13) as u8).collect();
+    // Sign exactly what goes on the wire: :authority "localhost", no Host header.
+    let signed = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);
+    let mut b = http::Request::builder()
+        .method("POST")
+        .uri(format!("https://localhost{BULK_PATH}"));
+    for (n, v) in &signed.headers {
+        b = b.header(n.as_str(), v.as_str());
+    }
+    let resp = send
+        .send_request(b.body(Full::new(bytes::Bytes::from(body.clone()))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&got[..], br#"{"ok":true}"#);
+    let r = env.upstream.requests().pop().unwrap();
+    assert!(r.body == body);
+    assert_eq!(r.header("x-zen-spiffe-id"), Some(A1));
+    assert_eq!(r.header("host"), Some("localhost"));
+}

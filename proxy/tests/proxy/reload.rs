@@ -258,3 +258,33 @@ async fn sigterm_drains_in_flight_then_exits() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_certificate_serial_is_refused_after_reload() {
+    let env = Env::start().await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&env.a1.leaf.der).unwrap();
+    let raw = cert.tbs_certificate.raw_serial();
+    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len() - 1);
+    let serial = hex::encode(&raw[first..]);
+    write_atomic(
+        &env.dir.path().join("revocations.json"),
+        serde_json::json!({"version": 2, "revoked_spiffe_ids": [R1], "revoked_serials": [serial]})
+            .to_string()
+            .as_bytes(),
+    );
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"revocations\"}",
+        1.0,
+    )
+    .await;
+    let req = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    env.assert_refused(
+        env.a1.cfg.clone(),
+        env.agent_addr,
+        &req,
+        403,
+        "identity_revoked",
+    )
+    .await;
+}
