@@ -36,12 +36,27 @@ pub struct RequestCtx {
 }
 
 /// Reads the downstream body for the decision.
-struct DownstreamBody<'s>(&'s mut Session);
+struct DownstreamBody<'s> {
+    session: &'s mut Session,
+    /// The client sent `Expect: 100-continue` and has not been answered yet.
+    expects_continue: bool,
+}
 
 #[async_trait]
 impl BodySource for DownstreamBody<'_> {
     async fn next_chunk(&mut self) -> std::result::Result<Option<Bytes>, String> {
-        self.0.read_request_body().await.map_err(|e| e.to_string())
+        if std::mem::take(&mut self.expects_continue) {
+            // Only reached once identity, route and SPIFFE rule have passed: a
+            // refused client never gets the go-ahead to upload.
+            self.session
+                .write_continue_response()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.session
+            .read_request_body()
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -119,7 +134,13 @@ impl ProxyHttp for ZenProxy {
             &self.policy,
             conn,
             &view,
-            &mut DownstreamBody(session),
+            &mut DownstreamBody {
+                expects_continue: head
+                    .headers
+                    .get(http::header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+                session,
+            },
             UnixTime::now(),
         )
         .await;

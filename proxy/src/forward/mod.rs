@@ -226,6 +226,8 @@ pub fn upstream_request(
         if n.starts_with("x-zen-")
             || n == XFCC
             || n == "content-length"
+            // The whole body is already here; the upstream must not wait for a go-ahead.
+            || n == "expect"
             || HOP_BY_HOP.contains(&n)
             || connection_named.iter().any(|c| c == n)
         {

@@ -220,3 +220,18 @@ async fn http2_signed_post_above_64k_is_forwarded_byte_exact() {
     assert_eq!(r.header("x-zen-spiffe-id"), Some(A1));
     assert_eq!(r.header("host"), Some("localhost"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_100_continue_gets_the_go_ahead_and_is_not_forwarded() {
+    let env = Env::start().await;
+    let body = vec![5u8; 70_000];
+    let req = Req::post(BULK_PATH, body.clone())
+        .header("expect", "100-continue")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let mut conn = env.conn(&env.a1).await;
+    let resp = conn.send_expect_continue(&req).await.unwrap();
+    assert_eq!(resp.status, 200);
+    let r = env.upstream.requests().pop().unwrap();
+    assert!(r.body == body);
+    assert!(r.header("expect").is_none());
+}

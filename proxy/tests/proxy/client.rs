@@ -188,6 +188,21 @@ impl Conn {
         self.read_response().await
     }
 
+    /// Sends the head, waits for `100 Continue`, then sends the body.
+    pub async fn send_expect_continue(&mut self, req: &Req) -> std::io::Result<Resp> {
+        let wire = req.encode();
+        let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        self.stream.write_all(&wire[..split]).await?;
+        self.stream.flush().await?;
+        let interim = self.read_response().await?;
+        if interim.status != 100 {
+            return Ok(interim);
+        }
+        self.stream.write_all(&wire[split..]).await?;
+        self.stream.flush().await?;
+        self.read_response().await
+    }
+
     async fn fill(&mut self) -> std::io::Result<()> {
         let mut tmp = [0u8; 16384];
         let n = self.stream.read(&mut tmp).await?;
