@@ -40,13 +40,14 @@ async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped()
     );
     // The signature headers travel on for the upstream's own audit.
     assert!(r.header("signature-input").is_some());
-    assert_eq!(
-        env.metric(
-            "zen_proxy_requests_total{listener=\"agent\",route=\"desired-state\",status=\"200\"}"
-        )
-        .await,
-        1.0
-    );
+    // Counted in pingora's logging phase, after the response went out.
+    let series =
+        "zen_proxy_requests_total{listener=\"agent\",route=\"desired-state\",status=\"200\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while env.metric(series).await != 1.0 {
+        assert!(std::time::Instant::now() < deadline, "{series} not 1");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn post_body_of(env: &Env, size: usize) {
