@@ -288,3 +288,64 @@ async fn revoked_certificate_serial_is_refused_after_reload() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_reload_from_the_config_file_and_a_broken_file_keeps_them() {
+    let env = Env::start().await;
+    let allow = Req::get("/agent/v1/allowlist").signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &allow).await.unwrap().status, 404);
+
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    write_atomic(
+        &env.config_path(),
+        format!("{cfg}  - {{ bogus: 1 }}\n").as_bytes(),
+    );
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"error\",what=\"routes\"}",
+        1.0,
+    )
+    .await;
+    let hb = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &hb).await.unwrap().status, 200);
+
+    let added = format!(
+        "{cfg}  - name: allowlist\n    listener: agent\n    methods: [GET]\n    path: /agent/v1/allowlist\n    upstream: control\n    auth: {{ spiffe: [\"spiffe://zen.local/cluster/*/agent/*\"], hmac: required }}\n"
+    );
+    write_atomic(&env.config_path(), added.as_bytes());
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"routes\"}",
+        1.0,
+    )
+    .await;
+    let allow = Req::get("/agent/v1/allowlist").signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &allow).await.unwrap().status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trust_bundle_rotation_admits_the_new_ca_after_reload() {
+    let env = Env::start().await;
+    let new_ca = super::pki::Ca::new("zen.local");
+    let leaf = new_ca.leaf(A1, LeafOpts::default());
+    let cfg = super::client::client_config(&env.ca.pem(), Some(&leaf), false);
+    let req = || Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert!(super::client::once(env.agent_addr, cfg.clone(), &req())
+        .await
+        .is_err());
+
+    let bundle = format!("{}{}", env.ca.pem(), new_ca.pem());
+    write_atomic(&env.dir.path().join("bundle.pem"), bundle.as_bytes());
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"trust_bundles\"}",
+        1.0,
+    )
+    .await;
+    let resp = super::client::once(env.agent_addr, cfg, &req())
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    // The old CA still works during the rotation.
+    assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
+}
