@@ -67,45 +67,52 @@ fn check_trust_domain(td: &str) -> Result<(), SpiffeIdError> {
     if td.len() > MAX_TRUST_DOMAIN_LEN {
         return Err(SpiffeIdError::TrustDomainTooLong);
     }
-    for c in td.chars() {
-        match c {
-            'a'..='z' | '0'..='9' | '.' | '-' | '_' => {}
-            '@' => return Err(SpiffeIdError::UserInfo),
-            ':' => return Err(SpiffeIdError::Port),
-            '?' => return Err(SpiffeIdError::Query),
-            '#' => return Err(SpiffeIdError::Fragment),
-            '%' => return Err(SpiffeIdError::PercentEncoded),
-            other => return Err(SpiffeIdError::BadTrustDomainChar(other)),
+    for (i, b) in td.bytes().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {}
+            b'@' => return Err(SpiffeIdError::UserInfo),
+            b':' => return Err(SpiffeIdError::Port),
+            b'?' => return Err(SpiffeIdError::Query),
+            b'#' => return Err(SpiffeIdError::Fragment),
+            b'%' => return Err(SpiffeIdError::PercentEncoded),
+            _ => return Err(SpiffeIdError::BadTrustDomainChar(char_at(td, i))),
         }
     }
     Ok(())
 }
 
-/// `path` is empty or starts with '/'.
+/// The character starting at byte `i` (for error messages only).
+fn char_at(s: &str, i: usize) -> char {
+    s.get(i..)
+        .and_then(|rest| rest.chars().next())
+        .unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// `path` is empty or starts with '/'. One pass over the bytes.
 fn check_path(path: &str) -> Result<(), SpiffeIdError> {
-    if path.is_empty() {
-        return Ok(());
-    }
-    let mut segments = path.split('/').skip(1).peekable();
-    while let Some(seg) = segments.next() {
-        if seg.is_empty() {
-            return Err(if segments.peek().is_none() {
-                SpiffeIdError::TrailingSlash
-            } else {
-                SpiffeIdError::EmptySegment
-            });
-        }
-        for c in seg.chars() {
-            match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => {}
-                '?' => return Err(SpiffeIdError::Query),
-                '#' => return Err(SpiffeIdError::Fragment),
-                '%' => return Err(SpiffeIdError::PercentEncoded),
-                other => return Err(SpiffeIdError::BadPathChar(other)),
+    let bytes = path.as_bytes();
+    let mut seg_start = 1;
+    for i in 1..=bytes.len() {
+        match bytes.get(i) {
+            None | Some(b'/') => {
+                let seg = bytes.get(seg_start..i).unwrap_or_default();
+                if seg.is_empty() {
+                    return Err(if i == bytes.len() {
+                        SpiffeIdError::TrailingSlash
+                    } else {
+                        SpiffeIdError::EmptySegment
+                    });
+                }
+                if seg == b"." || seg == b".." {
+                    return Err(SpiffeIdError::DotSegment);
+                }
+                seg_start = i + 1;
             }
-        }
-        if seg == "." || seg == ".." {
-            return Err(SpiffeIdError::DotSegment);
+            Some(b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_') => {}
+            Some(b'?') => return Err(SpiffeIdError::Query),
+            Some(b'#') => return Err(SpiffeIdError::Fragment),
+            Some(b'%') => return Err(SpiffeIdError::PercentEncoded),
+            Some(_) => return Err(SpiffeIdError::BadPathChar(char_at(path, i))),
         }
     }
     Ok(())

@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use sfv::{BareItem, Dictionary, Item, ItemSerializer, ListEntry, ListSerializer, Parser};
+use sfv::{BareItemFromInput, Dictionary, ItemSerializer, ListEntry, ListSerializer, Parser};
+
+use super::input::PItem;
 
 use super::{RequestParts, SignatureError};
 
@@ -57,7 +59,7 @@ pub(crate) enum Kind<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Component<'a> {
     pub kind: Kind<'a>,
-    pub item: &'a Item,
+    pub item: &'a PItem<'a>,
 }
 
 fn malformed(detail: String) -> SignatureError {
@@ -69,8 +71,8 @@ fn is_tchar(b: u8) -> bool {
 }
 
 impl<'a> Component<'a> {
-    pub fn parse(item: &'a Item) -> Result<Component<'a>, SignatureError> {
-        let BareItem::String(name) = &item.bare_item else {
+    pub fn parse(item: &'a PItem<'a>) -> Result<Component<'a>, SignatureError> {
+        let BareItemFromInput::String(name) = &item.bare else {
             return Err(malformed(
                 "covered component identifiers must be strings".into(),
             ));
@@ -92,7 +94,7 @@ impl<'a> Component<'a> {
         Ok(Component { kind, item })
     }
 
-    fn parse_derived(name: &'a str, item: &'a Item) -> Result<Kind<'a>, SignatureError> {
+    fn parse_derived(name: &'a str, item: &'a PItem<'a>) -> Result<Kind<'a>, SignatureError> {
         let derived = match name {
             "@method" => Some(Derived::Method),
             "@target-uri" => Some(Derived::TargetUri),
@@ -122,7 +124,7 @@ impl<'a> Component<'a> {
         for (key, value) in &item.params {
             match (key.as_str(), derived) {
                 ("name", None) => match value {
-                    BareItem::String(s) => qp_name = Some(s.as_str()),
+                    BareItemFromInput::String(s) => qp_name = Some(s.as_str()),
                     _ => {
                         return Err(malformed(
                             "\"@query-param\" name parameter must be a string".into(),
@@ -150,7 +152,7 @@ impl<'a> Component<'a> {
         }
     }
 
-    fn parse_field(name: &'a str, item: &'a Item) -> Result<Kind<'a>, SignatureError> {
+    fn parse_field(name: &'a str, item: &'a PItem<'a>) -> Result<Kind<'a>, SignatureError> {
         if !name.bytes().all(is_tchar) {
             return Err(malformed(format!(
                 "covered component {name:?} is not a valid field name"
@@ -160,7 +162,7 @@ impl<'a> Component<'a> {
         for (key, value) in &item.params {
             match key.as_str() {
                 "sf" => {
-                    if value != &BareItem::Boolean(true) {
+                    if !matches!(value, BareItemFromInput::Boolean(true)) {
                         return Err(malformed(format!(
                             "component {name:?}: the sf parameter must be boolean true"
                         )));
@@ -170,7 +172,7 @@ impl<'a> Component<'a> {
                     }
                 }
                 "key" => match value {
-                    BareItem::String(k) => form = FieldForm::Key(k.as_str()),
+                    BareItemFromInput::String(k) => form = FieldForm::Key(k.as_str()),
                     _ => {
                         return Err(malformed(format!(
                             "component {name:?}: the key parameter must be a string"
@@ -222,21 +224,15 @@ impl<'a> Component<'a> {
                 self.describe()
             )));
         }
-        let _ = ItemSerializer::with_buffer(base)
-            .bare_item(&self.item.bare_item)
-            .parameters(&self.item.params)
-            .finish();
+        self.item.write_to(base);
         base.push_str(": ");
         base.push_str(&value);
         Ok(())
     }
 
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut s = String::new();
-        let _ = ItemSerializer::with_buffer(&mut s)
-            .bare_item(&self.item.bare_item)
-            .parameters(&self.item.params)
-            .finish();
+        self.item.write_to(&mut s);
         s
     }
 

@@ -1,11 +1,270 @@
-//! Parsing `Signature-Input` and `Signature` (RFC 9421 §4) with `sfv`.
+//! Parsing `Signature-Input` and `Signature` (RFC 9421 §4) with `sfv`'s
+//! visitor API: values borrow from the header text, so the verify path does
+//! not build owned dictionaries (≈3x faster than `parse::<Dictionary>()`,
+//! see benches/hot_path.rs).
 
-use sfv::{BareItem, Dictionary, InnerList, Key, ListEntry, Parser};
+use std::fmt;
+
+use sfv::visitor::{
+    DictionaryVisitor, EntryVisitor, Ignored, InnerListVisitor, ItemVisitor, Never,
+    ParameterVisitor,
+};
+use sfv::{BareItemFromInput, KeyRef, ListSerializer, Parser, RefBareItem};
 
 use super::SignatureError;
 
 /// Upper bound on covered components; keeps duplicate detection trivially cheap.
 pub(crate) const MAX_COMPONENTS: usize = 32;
+
+pub(crate) type Bare<'de> = BareItemFromInput<'de>;
+pub(crate) type Params<'de> = Vec<(&'de KeyRef, Bare<'de>)>;
+
+/// One item of an inner list, borrowed from the header text where possible.
+#[derive(Debug)]
+pub(crate) struct PItem<'de> {
+    pub bare: Bare<'de>,
+    pub params: Params<'de>,
+}
+
+impl PartialEq for PItem<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.bare == other.bare
+            && self.params.len() == other.params.len()
+            && self
+                .params
+                .iter()
+                .zip(&other.params)
+                .all(|((ka, va), (kb, vb))| ka == kb && va == vb)
+    }
+}
+
+impl PItem<'_> {
+    /// The item serialised as a structured field (the component identifier).
+    pub fn write_to(&self, out: &mut String) {
+        let _ = sfv::ItemSerializer::with_buffer(out)
+            .bare_item(&self.bare)
+            .parameters(ref_params(&self.params));
+    }
+}
+
+fn ref_params<'a>(
+    params: &'a Params<'_>,
+) -> impl Iterator<Item = (&'a KeyRef, RefBareItem<'a>)> + 'a {
+    params.iter().map(|(k, v)| (*k, RefBareItem::from(v)))
+}
+
+/// An inner list with its parameters: the value of one `Signature-Input` member.
+#[derive(Debug, Default)]
+pub(crate) struct PList<'de> {
+    pub items: Vec<PItem<'de>>,
+    pub params: Params<'de>,
+}
+
+impl PList<'_> {
+    /// The inner list serialised; SF serialisation is canonical, so this is
+    /// what any conforming signer produced (RFC 9421 §2.3 `@signature-params`).
+    pub fn write_to(&self, out: &mut String) {
+        let mut ser = ListSerializer::with_buffer(out);
+        {
+            let mut inner = ser.inner_list();
+            for item in &self.items {
+                let _ = inner
+                    .bare_item(&item.bare)
+                    .parameters(ref_params(&item.params));
+            }
+            let _ = inner.finish().parameters(ref_params(&self.params));
+        }
+        let _ = ser.finish();
+    }
+}
+
+/// A refusal raised while visiting; sfv wraps it into its error.
+#[derive(Debug)]
+struct VisitError(&'static str);
+
+impl fmt::Display for VisitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for VisitError {}
+
+struct ParamCollector<'a, 'de> {
+    params: &'a mut Params<'de>,
+}
+
+impl<'de> ParameterVisitor<'de> for ParamCollector<'_, 'de> {
+    type Error = VisitError;
+    fn parameter(&mut self, key: &'de KeyRef, value: Bare<'de>) -> Result<(), VisitError> {
+        // SF would let a repeated parameter overwrite the first; in a
+        // signature that is ambiguous, so it is refused.
+        if self.params.iter().any(|(k, _)| *k == key) {
+            return Err(VisitError("repeated parameter"));
+        }
+        self.params.push((key, value));
+        Ok(())
+    }
+}
+
+struct ItemCollector<'a, 'de> {
+    items: &'a mut Vec<PItem<'de>>,
+}
+
+impl<'de> ItemVisitor<'de> for ItemCollector<'_, 'de> {
+    type Error = VisitError;
+    fn bare_item(self, bare: Bare<'de>) -> Result<impl ParameterVisitor<'de>, VisitError> {
+        if self.items.len() >= MAX_COMPONENTS {
+            return Err(VisitError("too many covered components"));
+        }
+        self.items.push(PItem {
+            bare,
+            params: Vec::new(),
+        });
+        match self.items.last_mut() {
+            Some(item) => Ok(ParamCollector {
+                params: &mut item.params,
+            }),
+            None => Err(VisitError("internal: item vanished")),
+        }
+    }
+}
+
+struct ListCollector<'a, 'de> {
+    list: &'a mut PList<'de>,
+}
+
+impl<'de> ItemVisitor<'de> for ListCollector<'_, 'de> {
+    type Error = VisitError;
+    fn bare_item(self, _bare: Bare<'de>) -> Result<impl ParameterVisitor<'de>, VisitError> {
+        Err::<Never, _>(VisitError("member is not an inner list"))
+    }
+}
+
+impl<'de> EntryVisitor<'de> for ListCollector<'_, 'de> {
+    fn inner_list(self) -> Result<impl InnerListVisitor<'de>, VisitError> {
+        Ok(self)
+    }
+}
+
+impl<'de> InnerListVisitor<'de> for ListCollector<'_, 'de> {
+    type Error = VisitError;
+    fn item(&mut self) -> Result<impl ItemVisitor<'de>, VisitError> {
+        Ok(ItemCollector {
+            items: &mut self.list.items,
+        })
+    }
+    fn finish(self) -> Result<impl ParameterVisitor<'de>, VisitError> {
+        Ok(ParamCollector {
+            params: &mut self.list.params,
+        })
+    }
+}
+
+/// Keeps the first member; later members are validated and ignored.
+#[derive(Default)]
+struct FirstMember<'de> {
+    first: Option<(&'de KeyRef, PList<'de>)>,
+}
+
+impl<'de> DictionaryVisitor<'de> for FirstMember<'de> {
+    type Error = VisitError;
+    fn entry(&mut self, key: &'de KeyRef) -> Result<impl EntryVisitor<'de>, VisitError> {
+        match &self.first {
+            None => {
+                let slot = self.first.insert((key, PList::default()));
+                Ok(Some(ListCollector { list: &mut slot.1 }))
+            }
+            // SF would overwrite the first member with a later duplicate;
+            // refuse instead of guessing which one the sender meant.
+            Some((first, _)) if *first == key => Err(VisitError("label appears twice")),
+            Some(_) => Ok(None),
+        }
+    }
+}
+
+/// Captures the byte sequence of one member.
+struct SigMember<'a> {
+    label: &'a str,
+    found: Option<Vec<u8>>,
+    bad: bool,
+}
+
+struct SigSlot<'a> {
+    out: &'a mut Option<Vec<u8>>,
+    bad: &'a mut bool,
+}
+
+impl<'de> ItemVisitor<'de> for SigSlot<'_> {
+    type Error = VisitError;
+    fn bare_item(self, bare: Bare<'de>) -> Result<impl ParameterVisitor<'de>, VisitError> {
+        match bare {
+            BareItemFromInput::ByteSequence(b) => *self.out = Some(b),
+            _ => *self.bad = true,
+        }
+        Ok(Ignored)
+    }
+}
+
+impl<'de> EntryVisitor<'de> for SigSlot<'_> {
+    fn inner_list(self) -> Result<impl InnerListVisitor<'de>, VisitError> {
+        *self.bad = true;
+        Ok(Ignored)
+    }
+}
+
+impl<'de> DictionaryVisitor<'de> for SigMember<'_> {
+    type Error = VisitError;
+    fn entry(&mut self, key: &'de KeyRef) -> Result<impl EntryVisitor<'de>, VisitError> {
+        if key.as_str() != self.label {
+            return Ok(None);
+        }
+        if self.found.is_some() || self.bad {
+            return Err(VisitError("label appears twice"));
+        }
+        Ok(Some(SigSlot {
+            out: &mut self.found,
+            bad: &mut self.bad,
+        }))
+    }
+}
+
+fn malformed(detail: String) -> SignatureError {
+    SignatureError::Malformed { detail }
+}
+
+/// The first member of `Signature-Input`: its label and inner list.
+pub(crate) fn parse_signature_input(value: &str) -> Result<(&KeyRef, PList<'_>), SignatureError> {
+    let mut v = FirstMember::default();
+    Parser::new(value)
+        .parse_dictionary_with_visitor(&mut v)
+        .map_err(|e| {
+            malformed(format!(
+                "Signature-Input is not a valid dictionary of inner lists: {e}"
+            ))
+        })?;
+    v.first
+        .ok_or_else(|| malformed("Signature-Input has no members".into()))
+}
+
+/// The signature bytes `Signature` carries under `label`.
+pub(crate) fn parse_signature(value: &str, label: &str) -> Result<Vec<u8>, SignatureError> {
+    let mut v = SigMember {
+        label,
+        found: None,
+        bad: false,
+    };
+    Parser::new(value)
+        .parse_dictionary_with_visitor(&mut v)
+        .map_err(|e| malformed(format!("Signature is not a valid dictionary: {e}")))?;
+    if v.bad {
+        return Err(malformed(format!(
+            "Signature member {label} is not a byte sequence"
+        )));
+    }
+    v.found
+        .ok_or_else(|| malformed(format!("Signature has no member {label}")))
+}
 
 /// The signature parameters this profile reads. Unknown parameters are
 /// ignored here (RFC 9421 §2.3) but stay in `@signature-params`, so they are
@@ -19,68 +278,13 @@ pub(crate) struct SigParams<'a> {
     pub alg: Option<&'a str>,
 }
 
-fn malformed(detail: String) -> SignatureError {
-    SignatureError::Malformed { detail }
-}
-
-/// The first member of `Signature-Input`: its label and inner list.
-pub(crate) fn parse_signature_input(value: &str) -> Result<(Key, InnerList), SignatureError> {
-    let dict: Dictionary = Parser::new(value).parse().map_err(|e| {
-        malformed(format!(
-            "Signature-Input is not a structured-field dictionary: {e}"
-        ))
-    })?;
-    let (label, entry) = dict
-        .into_iter()
-        .next()
-        .ok_or_else(|| malformed("Signature-Input has no members".into()))?;
-    match entry {
-        ListEntry::InnerList(list) => {
-            if list.items.len() > MAX_COMPONENTS {
-                return Err(malformed(format!(
-                    "Signature-Input {label} covers more than {MAX_COMPONENTS} components"
-                )));
-            }
-            Ok((label, list))
-        }
-        ListEntry::Item(_) => Err(malformed(format!(
-            "Signature-Input member {label} is not an inner list"
-        ))),
-    }
-}
-
-/// The signature bytes `Signature` carries under `label`.
-pub(crate) fn parse_signature(value: &str, label: &str) -> Result<Vec<u8>, SignatureError> {
-    let dict: Dictionary = Parser::new(value).parse().map_err(|e| {
-        malformed(format!(
-            "Signature is not a structured-field dictionary: {e}"
-        ))
-    })?;
-    let entry = dict
-        .into_iter()
-        .find(|(k, _)| k.as_str() == label)
-        .map(|(_, v)| v)
-        .ok_or_else(|| malformed(format!("Signature has no member {label}")))?;
-    match entry {
-        ListEntry::Item(item) => match item.bare_item {
-            BareItem::ByteSequence(bytes) => Ok(bytes),
-            _ => Err(malformed(format!(
-                "Signature member {label} is not a byte sequence"
-            ))),
-        },
-        ListEntry::InnerList(_) => Err(malformed(format!(
-            "Signature member {label} is not a byte sequence"
-        ))),
-    }
-}
-
-pub(crate) fn parse_params(list: &InnerList) -> Result<SigParams<'_>, SignatureError> {
+pub(crate) fn parse_params<'a>(list: &'a PList<'_>) -> Result<SigParams<'a>, SignatureError> {
     let mut p = SigParams::default();
     for (key, value) in &list.params {
         let name = key.as_str();
         match name {
             "created" | "expires" => {
-                let BareItem::Integer(i) = value else {
+                let BareItemFromInput::Integer(i) = value else {
                     return Err(malformed(format!(
                         "signature parameter {name} must be an integer"
                     )));
@@ -93,7 +297,7 @@ pub(crate) fn parse_params(list: &InnerList) -> Result<SigParams<'_>, SignatureE
                 }
             }
             "keyid" | "nonce" | "alg" | "tag" => {
-                let BareItem::String(s) = value else {
+                let BareItemFromInput::String(s) = value else {
                     return Err(malformed(format!(
                         "signature parameter {name} must be a string"
                     )));
@@ -115,12 +319,29 @@ pub(crate) fn parse_params(list: &InnerList) -> Result<SigParams<'_>, SignatureE
 mod tests {
     use super::*;
 
+    fn reserialize(v: &str) -> String {
+        let (_, l) = parse_signature_input(v).unwrap();
+        let mut s = String::new();
+        l.write_to(&mut s);
+        s
+    }
+
     #[test]
     fn first_member_wins() {
         let (label, list) =
             parse_signature_input("a=(\"@method\");created=1, b=(\"@path\")").unwrap();
         assert_eq!(label.as_str(), "a");
         assert_eq!(list.items.len(), 1);
+    }
+
+    #[test]
+    fn reserialisation_is_canonical() {
+        assert_eq!(
+            reserialize("a=(  \"@method\"   \"x\";sf \"@query-param\";name=\"a b\" );created=1;keyid=\"k\";x=?1;y=?0;d=1.50;t=tok"),
+            "(\"@method\" \"x\";sf \"@query-param\";name=\"a b\");created=1;keyid=\"k\";x;y=?0;d=1.5;t=tok"
+        );
+        assert_eq!(reserialize("a=()"), "()");
+        assert_eq!(reserialize(r#"a=("a\"b")"#), r#"("a\"b")"#);
     }
 
     #[test]
@@ -132,6 +353,9 @@ mod tests {
             "a=(\"x\"",
             "(\"@method\")",
             "a=(\"@method\")garbage",
+            "a=(\"x\"), a=(\"y\")",
+            "a=(\"x\");created=1;created=2",
+            "a=(\"x\";p=1;p=2)",
         ] {
             assert!(
                 matches!(
@@ -141,9 +365,16 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let many = format!("a=({})", vec!["\"x\""; MAX_COMPONENTS + 1].join(" "));
+        assert!(parse_signature_input(&many).is_err());
         assert!(parse_signature("a=:AAAA:", "b").is_err());
         assert!(parse_signature("a=\"AAAA\"", "a").is_err());
-        assert_eq!(parse_signature("a=:AAAA:", "a").unwrap(), vec![0, 0, 0]);
+        assert!(parse_signature("a=(:AAAA:)", "a").is_err());
+        assert!(parse_signature("a=:AAAA:, a=:AAAA:", "a").is_err());
+        assert_eq!(
+            parse_signature("b=1, a=:AAAA:;p=1", "a").unwrap(),
+            vec![0, 0, 0]
+        );
     }
 
     #[test]

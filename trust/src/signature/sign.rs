@@ -4,12 +4,12 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::Mac;
 use rand::RngCore;
-use sfv::{BareItem, InnerList, Item, KeyRef, Parameters, StringRef};
+use sfv::{BareItem, InnerList, Item, KeyRef, ListEntry, ListSerializer, Parameters, StringRef};
 
-use super::components::Component;
 use super::digest::{content_digest, DigestAlg};
 use super::headers::Overlay;
-use super::verify::write_signature_params;
+use super::input::parse_signature_input;
+use super::verify::{build_base, parse_components};
 use super::{RequestParts, SignError, LABEL};
 use crate::keys::hmac_for;
 use crate::secret::Secret;
@@ -153,8 +153,14 @@ pub fn sign(
         .collect::<Result<Vec<_>, _>>()?;
     let list = InnerList::with_params(items, params);
 
-    let mut sig_params = String::with_capacity(128);
-    write_signature_params(&list, &mut sig_params);
+    // Serialise once, then build the base from the parsed text exactly as
+    // the verifier will.
+    let mut signature_input = String::with_capacity(160);
+    signature_input.push_str(LABEL);
+    signature_input.push('=');
+    let mut ser = ListSerializer::with_buffer(&mut signature_input);
+    ser.members(std::iter::once(&ListEntry::InnerList(list)));
+    let _ = ser.finish();
 
     let overlay;
     let req_for_base = match &digest {
@@ -171,17 +177,14 @@ pub fn sign(
         }
         None => *req,
     };
-    let mut base = String::with_capacity(256);
-    for item in &list.items {
-        Component::parse(item)?.write_line(&req_for_base, &mut base)?;
-        base.push('\n');
-    }
-    base.push_str("\"@signature-params\": ");
-    base.push_str(&sig_params);
+    let (_, parsed) = parse_signature_input(&signature_input)?;
+    let components = parse_components(&parsed)?;
+    let base = build_base(&components, &parsed, &req_for_base)?;
+    let signature = format!("{LABEL}=:{}:", mac_base64(opts.secret, &base));
 
     Ok(SignedHeaders {
-        signature_input: format!("{LABEL}={sig_params}"),
-        signature: format!("{LABEL}=:{}:", mac_base64(opts.secret, &base)),
+        signature_input,
+        signature,
         content_digest: digest,
     })
 }

@@ -3,11 +3,10 @@
 //! components → time window → key → digest → base → MAC.
 
 use hmac::Mac;
-use sfv::{InnerList, ListSerializer};
 
 use super::components::{Component, Derived, FieldForm, Kind};
 use super::digest::check_content_digest;
-use super::input::{parse_params, parse_signature, parse_signature_input};
+use super::input::{parse_params, parse_signature, parse_signature_input, PList};
 use super::{RequestParts, SignatureError, VerifyPolicy, ALG};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
 use crate::time::UnixTime;
@@ -74,11 +73,7 @@ pub fn verify<'k>(
         return Err(malformed("signature parameter nonce is required"));
     }
 
-    let components = list
-        .items
-        .iter()
-        .map(Component::parse)
-        .collect::<Result<Vec<_>, _>>()?;
+    let components = parse_components(&list)?;
     let has_body = body.is_some_and(|b| !b.is_empty());
     check_coverage(&components, req, has_body)?;
 
@@ -141,7 +136,7 @@ fn check_coverage(
         if components.iter().take(i).any(|prev| prev.item == c.item) {
             return Err(malformed(format!(
                 "covered component {} is listed twice",
-                describe(c)
+                c.describe()
             )));
         }
     }
@@ -174,15 +169,6 @@ fn check_coverage(
         ));
     }
     Ok(())
-}
-
-fn describe(c: &Component<'_>) -> String {
-    let mut s = String::new();
-    let _ = sfv::ItemSerializer::with_buffer(&mut s)
-        .bare_item(&c.item.bare_item)
-        .parameters(&c.item.params)
-        .finish();
-    s
 }
 
 /// created within [now - max_age, now + max_skew], expires not passed.
@@ -220,9 +206,9 @@ fn check_window(
     Ok(limit)
 }
 
-fn build_base(
+pub(crate) fn build_base(
     components: &[Component<'_>],
-    list: &InnerList,
+    list: &PList<'_>,
     req: &RequestParts<'_>,
 ) -> Result<String, SignatureError> {
     let mut base = String::with_capacity(256);
@@ -231,20 +217,14 @@ fn build_base(
         base.push('\n');
     }
     base.push_str("\"@signature-params\": ");
-    write_signature_params(list, &mut base);
+    list.write_to(&mut base);
     Ok(base)
 }
 
-/// The inner list re-serialised; SF serialisation is canonical, so this is
-/// what any conforming signer produced.
-pub(crate) fn write_signature_params(list: &InnerList, out: &mut String) {
-    let mut ser = ListSerializer::with_buffer(out);
-    {
-        let mut inner = ser.inner_list();
-        inner.items(&list.items);
-        let _ = inner.finish().parameters(&list.params);
-    }
-    let _ = ser.finish();
+pub(crate) fn parse_components<'a>(
+    list: &'a PList<'a>,
+) -> Result<Vec<Component<'a>>, SignatureError> {
+    list.items.iter().map(Component::parse).collect()
 }
 
 /// The RFC 9421 signature base for a request and one `Signature-Input`
@@ -255,11 +235,8 @@ pub fn signature_base(
     req: &RequestParts<'_>,
     signature_params: &str,
 ) -> Result<String, SignatureError> {
-    let (_, list) = parse_signature_input(&format!("sig={signature_params}"))?;
-    let components = list
-        .items
-        .iter()
-        .map(Component::parse)
-        .collect::<Result<Vec<_>, _>>()?;
+    let member = format!("sig={signature_params}");
+    let (_, list) = parse_signature_input(&member)?;
+    let components = parse_components(&list)?;
     build_base(&components, &list, req)
 }
