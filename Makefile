@@ -10,7 +10,7 @@ test: deps fmt-check clippy unit
 ## Install the system packages the build needs (pingora's zlib-ng needs cmake) when they are absent.
 deps:
 	@missing=""; \
-	for tool in cmake:cmake cc:build-essential pkg-config:pkg-config; do \
+	for tool in cmake:cmake cc:build-essential pkg-config:pkg-config openssl:openssl curl:curl; do \
 	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

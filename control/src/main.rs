@@ -123,6 +123,24 @@ enum KeysCmd {
 enum CaCmd {
     /// Start a CA rotation.
     Rotate,
+    /// Issue an SVID for a workload that cannot enroll (the proxy's own serving identity). The key
+    /// is made here and never leaves this process; writes DIR/tls.crt (chain), DIR/tls.key (0600)
+    /// and DIR/ca.crt (trust bundle) — the cert-manager layout zen-proxy reads.
+    Issue {
+        #[arg(long)]
+        spiffe_id: String,
+        /// DNS SAN beside the SPIFFE URI (repeatable), e.g. localhost.
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP SAN beside the SPIFFE URI (repeatable), e.g. 127.0.0.1.
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Lifetime, e.g. 24h, 30d (default: svid.ttl of the running service).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +177,37 @@ enum AuditCmd {
         #[arg(long)]
         offline: bool,
     },
+}
+
+/// Writes an issued identity in the cert-manager layout, each file atomically (temp + rename), the
+/// key first so a watcher that sees the new tls.crt also finds its key.
+fn write_identity(dir: &Path, chain: &str, key: &str, bundle: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, text, mode) in [
+        ("tls.key", key, 0o600),
+        ("ca.crt", bundle, 0o644),
+        ("tls.crt", chain, 0o644),
+    ] {
+        let path = dir.join(name);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn read_doc(path: &Path) -> anyhow::Result<Value> {
@@ -299,6 +348,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "issued successor keys for {n} identit{}",
                 if n == 1 { "y" } else { "ies" }
+            );
+        }
+        Cmd::Ca {
+            cmd:
+                CaCmd::Issue {
+                    spiffe_id,
+                    dns,
+                    ip,
+                    ttl,
+                    out,
+                },
+        } => {
+            let ttl_secs = ttl
+                .map(|t| parse_duration(&t).map(|d| d.as_secs()))
+                .transpose()
+                .map_err(anyhow::Error::msg)
+                .context("--ttl")?;
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names =
+                vec![rcgen::SanType::URI(spiffe_id.clone().try_into().map_err(
+                    |_| anyhow::anyhow!("--spiffe-id {spiffe_id:?} is not ASCII"),
+                )?)];
+            let csr_pem = params.serialize_request(&key)?.pem()?;
+            let v = op(
+                &socket,
+                OpRequest::CaIssue {
+                    spiffe_id,
+                    csr_pem,
+                    dns,
+                    ips: ip,
+                    ttl_secs,
+                },
+            )
+            .await?;
+            let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+            write_identity(
+                &out,
+                &s(&v, "svid_chain_pem"),
+                &key_pem,
+                &s(&v, "trust_bundle_pem"),
+            )?;
+            println!(
+                "issued {} (serial {}, valid until {}) into {}",
+                s(&v, "spiffe_id"),
+                s(&v, "serial"),
+                s(&v, "not_after"),
+                out.display()
             );
         }
         Cmd::Ca { cmd: CaCmd::Rotate } => {

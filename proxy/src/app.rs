@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::forward::Upstreams;
 use crate::metrics::Metrics;
 use crate::policy::Listener;
-use crate::reload::{FileSource, SourceService};
+use crate::reload::{ControlSource, FileSource, SourceService};
 use crate::service::ZenProxy;
 use crate::state::{Initial, State};
 use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
@@ -29,6 +29,7 @@ pub fn run(cfg: Config) -> Result<()> {
         cfg.routes.clone(),
         cfg.replay_capacity,
         metrics.clone(),
+        cfg.control.as_ref().map(|c| c.max_state_age),
     );
     let cfg = Arc::new(cfg);
 
@@ -103,9 +104,23 @@ pub fn run(cfg: Config) -> Result<()> {
         "state-source-files",
         SourceService {
             source: Box::new(FileSource::new(&cfg, provider.clone())),
-            state,
+            state: state.clone(),
         },
     ));
+    if let Some(control) = &cfg.control {
+        server.add_service(background_service(
+            "state-source-control",
+            SourceService {
+                source: Box::new(ControlSource::new(
+                    control.clone(),
+                    cfg.files.cert.clone(),
+                    cfg.files.key.clone(),
+                    provider.clone(),
+                )),
+                state,
+            },
+        ));
+    }
 
     tracing::info!(
         agent = %cfg.agent.address,

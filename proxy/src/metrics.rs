@@ -20,6 +20,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub replay_cache_entries: IntGauge,
     pub loaded: IntGaugeVec,
+    pub state_age_seconds: IntGauge,
 }
 
 impl Metrics {
@@ -103,6 +104,11 @@ impl Metrics {
             &["what"],
         )
         .expect("metric");
+        let state_age_seconds = IntGauge::new(
+            "zen_proxy_state_age_seconds",
+            "Seconds since the last good state from zen-control (-1: none yet; only with a control source)",
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refusals.clone()),
@@ -115,6 +121,7 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(replay_cache_entries.clone()),
             Box::new(loaded.clone()),
+            Box::new(state_age_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -131,6 +138,7 @@ impl Metrics {
             reloads,
             replay_cache_entries,
             loaded,
+            state_age_seconds,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -128,8 +128,11 @@ pub fn load_revocations(path: Option<&Path>) -> Result<Revocations, LoadError> {
 pub struct Initial {
     pub serving: ServingCert,
     pub bundles: TrustBundles,
-    pub keys: KeySet,
+    /// None: a control source will supply it (not ready until then).
+    pub keys: Option<KeySet>,
     pub revocations: Revocations,
+    /// When the state came from control (or its cache): when it was fetched.
+    pub synced_at: Option<zen_trust::UnixTime>,
 }
 
 impl Initial {
@@ -160,9 +163,19 @@ impl Initial {
         } else {
             None
         };
-        let keys = load_key_set(&cfg.files.key_set)
-            .map_err(|e| errs.push(ConfigError::new("key_set_file", e.to_string())))
-            .ok();
+        if let Some(control) = &cfg.control {
+            return match (serving, bundles) {
+                (Some(serving), Some(bundles)) if errs.is_empty() => {
+                    Initial::from_control_cache(control, serving, bundles)
+                }
+                _ => Err(ConfigErrors(errs)),
+            };
+        }
+        let keys = cfg.files.key_set.as_deref().and_then(|path| {
+            load_key_set(path)
+                .map_err(|e| errs.push(ConfigError::new("key_set_file", e.to_string())))
+                .ok()
+        });
         let revocations = load_revocations(cfg.files.revocations.as_deref())
             .map_err(|e| errs.push(ConfigError::new("revocations_file", e.to_string())))
             .ok();
@@ -171,12 +184,46 @@ impl Initial {
                 Ok(Initial {
                     serving,
                     bundles,
-                    keys,
+                    keys: Some(keys),
                     revocations,
+                    synced_at: None,
                 })
             }
             _ => Err(ConfigErrors(errs)),
         }
+    }
+
+    /// With a control source: the persisted last-known state if there is one (static stability —
+    /// a restart during a control outage still enforces it), else the configured bundle files and
+    /// no key set yet (not ready until the first sync).
+    fn from_control_cache(
+        control: &crate::reload::control::ControlSettings,
+        serving: ServingCert,
+        file_bundles: TrustBundles,
+    ) -> Result<Initial, ConfigErrors> {
+        use crate::reload::control;
+        let cached = control::load_cache(&control.cache_file).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new("control.cache_file", e.to_string())])
+        })?;
+        let Some(cached) = cached else {
+            return Ok(Initial {
+                serving,
+                bundles: file_bundles,
+                keys: None,
+                revocations: Revocations::default(),
+                synced_at: None,
+            });
+        };
+        let prepared = control::prepare(&cached.state).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new("control.cache_file", e.to_string())])
+        })?;
+        Ok(Initial {
+            serving,
+            bundles: prepared.bundles,
+            keys: Some(prepared.keys),
+            revocations: prepared.revocations,
+            synced_at: Some(cached.fetched_at),
+        })
     }
 }
 
@@ -205,6 +252,10 @@ pub struct State {
     pub replay: ReplayCache,
     pub metrics: Metrics,
     pub readiness: Readiness,
+    /// Unix seconds of the last good control state (0 = never); only with a control source.
+    last_sync: AtomicI64,
+    /// With a control source: `/readyz` requires the state to be younger than this.
+    max_state_age: Option<std::time::Duration>,
 }
 
 impl State {
@@ -213,21 +264,63 @@ impl State {
         routes: RouteTable,
         replay_capacity: usize,
         metrics: Metrics,
+        max_state_age: Option<std::time::Duration>,
     ) -> Arc<State> {
+        let have_keys = initial.keys.is_some();
         let state = State {
             serving: Arc::new(ArcSwap::from_pointee(initial.serving)),
             bundles: Arc::new(ArcSwap::from_pointee(initial.bundles)),
-            keys: ArcSwap::from_pointee(initial.keys),
+            keys: ArcSwap::from_pointee(initial.keys.unwrap_or_default()),
             routes: ArcSwap::from_pointee(routes),
             revocations: ArcSwap::from_pointee(initial.revocations),
             replay: ReplayCache::new(replay_capacity),
             metrics,
             readiness: Readiness::default(),
+            last_sync: AtomicI64::new(initial.synced_at.map_or(0, |t| t.0)),
+            max_state_age,
         };
         state.published_serving();
         state.published_bundles();
-        state.published_keys();
+        if have_keys {
+            state.published_keys();
+        }
         Arc::new(state)
+    }
+
+    /// Records a good state from control.
+    pub fn synced_at(&self, at: zen_trust::UnixTime) {
+        self.last_sync.store(at.0, Ordering::Release);
+        self.refresh_state_age();
+    }
+
+    /// Seconds since the last good control state (None without a control source or before one).
+    pub fn state_age(&self) -> Option<i64> {
+        self.max_state_age?;
+        match self.last_sync.load(Ordering::Acquire) {
+            0 => None,
+            at => Some((zen_trust::UnixTime::now().0 - at).max(0)),
+        }
+    }
+
+    /// `zen_proxy_state_age_seconds` (-1 before the first state).
+    pub fn refresh_state_age(&self) {
+        if self.max_state_age.is_some() {
+            self.metrics
+                .state_age_seconds
+                .set(self.state_age().unwrap_or(-1));
+        }
+    }
+
+    /// `/readyz`: every piece loaded and, with a control source, the state young enough.
+    pub fn ready(&self) -> bool {
+        if !self.readiness.ready() {
+            return false;
+        }
+        match (self.max_state_age, self.state_age()) {
+            (None, _) => true,
+            (Some(max), Some(age)) => age < max.as_secs() as i64,
+            (Some(_), None) => false,
+        }
     }
 
     // The `published_*` helpers update readiness and gauges after a store.

@@ -4,9 +4,11 @@
 
 mod csr;
 mod manager;
+mod operator_issue;
 
 pub use csr::{check_csr, CheckedCsr, CsrError};
 pub use manager::{rotate, tick, CaManager, CaView};
+pub use operator_issue::issue_for_operator;
 
 use std::time::Duration;
 
@@ -167,6 +169,24 @@ impl SigningCa {
         now: i64,
         ttl: Duration,
     ) -> Result<IssuedSvid, CaError> {
+        self.issue_with_sans(csr, spiffe_id, Vec::new(), now, ttl)
+    }
+
+    /// As `issue`, with DNS/IP SANs beside the SPIFFE URI (a serving SVID that ordinary TLS
+    /// clients can verify by host name, DESIGN §2). Still exactly one URI SAN.
+    pub fn issue_with_sans(
+        &self,
+        csr: &CheckedCsr,
+        spiffe_id: &str,
+        extra_sans: Vec<SanType>,
+        now: i64,
+        ttl: Duration,
+    ) -> Result<IssuedSvid, CaError> {
+        if extra_sans.iter().any(|s| matches!(s, SanType::URI(_))) {
+            return Err(CaError::Material(
+                "an X.509-SVID carries exactly one URI SAN".into(),
+            ));
+        }
         let not_before = now - 60; // tolerate small clock skew on the relying side
         let not_after = (now + ttl.as_secs() as i64).min(self.inter_not_after);
         if not_after <= now {
@@ -181,6 +201,7 @@ impl SigningCa {
             vec![SanType::URI(spiffe_id.to_string().try_into().map_err(
                 |_| CaError::Material("SPIFFE ID is not IA5".into()),
             )?)];
+        p.subject_alt_names.extend(extra_sans);
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![

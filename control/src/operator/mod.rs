@@ -31,6 +31,18 @@ pub enum OpRequest {
         spiffe_id: Option<String>,
     },
     CaRotate,
+    /// Sign an SVID for a workload that cannot enroll through the proxy — the proxy itself (its
+    /// serving certificate must exist before its bootstrap listener can). The key stays with the
+    /// CLI; only the CSR crosses the socket.
+    CaIssue {
+        spiffe_id: String,
+        csr_pem: String,
+        #[serde(default)]
+        dns: Vec<String>,
+        #[serde(default)]
+        ips: Vec<std::net::IpAddr>,
+        ttl_secs: Option<u64>,
+    },
     ClusterSetDesiredState {
         cluster: String,
         document: Value,
@@ -142,6 +154,24 @@ async fn run(app: &App, req: OpRequest, actor: &str) -> anyhow::Result<Value> {
             Ok(json!({"rotated": owners}))
         }
         OpRequest::CaRotate => crate::ca::rotate(app, actor).await,
+        OpRequest::CaIssue {
+            spiffe_id,
+            csr_pem,
+            dns,
+            ips,
+            ttl_secs,
+        } => {
+            crate::ca::issue_for_operator(
+                app,
+                &spiffe_id,
+                &csr_pem,
+                &dns,
+                &ips,
+                ttl_secs.map(Duration::from_secs),
+                actor,
+            )
+            .await
+        }
         OpRequest::ClusterSetDesiredState { cluster, document } => {
             check_cluster_id(&cluster)?;
             let body = serde_json::to_vec(&document)?;

@@ -83,6 +83,7 @@ impl ServeHttp for AdminApp {
                     .set(self.state.replay.len() as i64);
                 let left = self.state.serving.load().not_after - zen_trust::UnixTime::now().0;
                 self.state.metrics.serving_cert_expiry_seconds.set(left);
+                self.state.refresh_state_age();
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",
@@ -91,7 +92,7 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.state.readiness.ready() {
+                if self.state.ready() {
                     reply(StatusCode::OK, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", b"not ready\n".to_vec())

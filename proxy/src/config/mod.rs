@@ -90,7 +90,8 @@ pub struct Files {
     pub key: PathBuf,
     /// (trust domain, bundle PEM file)
     pub bundles: Vec<(String, PathBuf)>,
-    pub key_set: PathBuf,
+    /// None when `control` supplies the key set.
+    pub key_set: Option<PathBuf>,
     pub revocations: Option<PathBuf>,
 }
 
@@ -109,6 +110,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     pub upstreams: Vec<Upstream>,
     pub routes: RouteTable,
+    /// Control-plane source of key set, trust bundle and revocations, if configured.
+    pub control: Option<crate::reload::control::ControlSettings>,
     /// The validated YAML, for `/config_dump` (it holds paths, never secrets).
     pub raw_dump: serde_json::Value,
 }
@@ -304,6 +307,8 @@ fn validate(
         ));
     }
 
+    let control = validate_control(&raw, &mut errs);
+
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
     }
@@ -337,7 +342,52 @@ fn validate(
         shutdown_timeout_secs: raw.shutdown.timeout_seconds,
         upstreams,
         routes: RouteTable::new(routes),
+        control,
         raw_dump,
+    })
+}
+
+/// `control:` and `key_set_file` are two writers of one value: exactly one of them must be set.
+fn validate_control(
+    raw: &RawConfig,
+    errs: &mut Vec<ConfigError>,
+) -> Option<crate::reload::control::ControlSettings> {
+    let Some(c) = &raw.control else {
+        if raw.key_set_file.is_none() {
+            errs.push(ConfigError::new(
+                "key_set_file",
+                "required unless `control:` supplies the key set",
+            ));
+        }
+        return None;
+    };
+    if raw.key_set_file.is_some() || raw.revocations_file.is_some() {
+        errs.push(ConfigError::new(
+            "control",
+            "with `control:` the key set and revocations come from zen-control; remove key_set_file / revocations_file",
+        ));
+    }
+    let url = match c.url.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Some(u),
+        _ => {
+            errs.push(ConfigError::new(
+                "control.url",
+                format!("{:?} is not an https:// URL with a host", c.url),
+            ));
+            None
+        }
+    };
+    if c.max_state_age_secs == 0 || c.request_timeout_secs == 0 {
+        errs.push(ConfigError::new(
+            "control",
+            "max_state_age_secs and request_timeout_secs must be > 0",
+        ));
+    }
+    Some(crate::reload::control::ControlSettings {
+        url: url?,
+        cache_file: c.cache_file.clone(),
+        max_state_age: Duration::from_secs(c.max_state_age_secs),
+        request_timeout: Duration::from_secs(c.request_timeout_secs),
     })
 }
 

@@ -14,7 +14,12 @@ pub struct RawConfig {
     pub listeners: RawListeners,
     pub tls: RawTls,
     pub trust_bundles: Vec<RawBundle>,
-    pub key_set_file: PathBuf,
+    /// Required unless `control` supplies the key set.
+    #[serde(default)]
+    pub key_set_file: Option<PathBuf>,
+    /// Key set, trust bundle and revocations from zen-control (DESIGN §5 `/proxy/v1/state`).
+    #[serde(default)]
+    pub control: Option<RawControl>,
     #[serde(default)]
     pub revocations_file: Option<PathBuf>,
     #[serde(default)]
@@ -27,6 +32,28 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    /// `https://HOST:PORT/proxy/v1/state`, reached with the proxy's own SVID (`tls.cert_file`).
+    pub url: String,
+    /// Last-known state, persisted (0600) so a restart during a control outage still enforces it.
+    pub cache_file: PathBuf,
+    /// `/readyz` stays ready while the last good state is younger than this.
+    #[serde(default = "default_max_state_age")]
+    pub max_state_age_secs: u64,
+    /// Longest wait for one long-poll answer (control answers within 30 s).
+    #[serde(default = "default_control_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_max_state_age() -> u64 {
+    3600
+}
+fn default_control_timeout() -> u64 {
+    45
 }
 
 #[derive(Debug, Deserialize, Serialize)]

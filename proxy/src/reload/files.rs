@@ -25,6 +25,8 @@ pub struct FileSource {
     watch: bool,
     debounce: Duration,
     upstream_names: HashSet<String>,
+    /// A control source owns key set, trust bundles and revocations.
+    control: bool,
     /// Content hash of what is currently published, per piece of state.
     published: Mutex<HashMap<What, [u8; 32]>>,
 }
@@ -38,6 +40,7 @@ impl FileSource {
             watch: cfg.watch_files,
             debounce: cfg.debounce,
             upstream_names: cfg.upstreams.iter().map(|u| u.name.clone()).collect(),
+            control: cfg.control.is_some(),
             published: Mutex::new(HashMap::new()),
         };
         // The initial load published exactly these files.
@@ -59,9 +62,18 @@ impl FileSource {
         match what {
             What::ServingCert => vec![self.files.cert.clone(), self.files.key.clone()],
             What::TrustBundles => self.files.bundles.iter().map(|(_, p)| p.clone()).collect(),
-            What::KeySet => vec![self.files.key_set.clone()],
+            What::KeySet => self.files.key_set.iter().cloned().collect(),
             What::Revocations => self.files.revocations.iter().cloned().collect(),
             What::Routes => vec![self.config_path.clone()],
+        }
+    }
+
+    /// One writer per value: with a control source, key set, bundles and revocations are its.
+    fn owned_elsewhere(&self, what: What) -> bool {
+        match what {
+            What::KeySet | What::TrustBundles => self.control,
+            What::Revocations => self.control || self.files.revocations.is_none(),
+            What::ServingCert | What::Routes => false,
         }
     }
 
@@ -84,7 +96,7 @@ impl FileSource {
             What::Revocations,
             What::Routes,
         ] {
-            if what == What::Revocations && self.files.revocations.is_none() {
+            if self.owned_elsewhere(what) {
                 continue;
             }
             let hash = match self.hash_of(what) {
@@ -138,7 +150,10 @@ impl FileSource {
                 state.published_bundles();
             }
             What::KeySet => {
-                let k = state::load_key_set(&self.files.key_set).map_err(|e| e.to_string())?;
+                let Some(path) = &self.files.key_set else {
+                    return Err("no key_set_file configured".into());
+                };
+                let k = state::load_key_set(path).map_err(|e| e.to_string())?;
                 state.keys.store(Arc::new(k));
                 state.published_keys();
             }

@@ -2,6 +2,7 @@
 //! the file source (notify + SIGHUP); a control-plane source (DESIGN §5
 //! `/proxy/v1/state`) implements the same trait later.
 
+pub mod control;
 pub mod files;
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use pingora_core::server::ShutdownWatch;
 
 use crate::state::State;
 
+pub use control::ControlSource;
 pub use files::FileSource;
 
 /// Which piece of state a reload concerned (`zen_proxy_reloads_total{what}`).

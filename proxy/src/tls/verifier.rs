@@ -79,7 +79,7 @@ impl TrustBundles {
         Self::from_pems(&loaded)
     }
 
-    fn anchors(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
+    pub fn anchors(&self, trust_domain: &str) -> Option<&[TrustAnchor<'static>]> {
         self.domains.get(trust_domain).map(Vec::as_slice)
     }
 }
