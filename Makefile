@@ -25,7 +25,9 @@ fmt-check:
 clippy: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# The end-to-end tests (tests/) start the real binaries, so they are built first.
 unit: deps
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
 build: deps

@@ -135,3 +135,314 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// The real stack on free loopback ports in a temp dir: zen-control, and zen-proxy in front of it
+/// with its key set from control, plus a recording "SaaS" upstream route `/saas/v1/echo`.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub control: Option<Proc>,
+    pub proxy: Option<Proc>,
+    pub agent_port: u16,
+    pub bootstrap_port: u16,
+    pub proxy_admin: String,
+    pub control_admin: String,
+    pub control_api_port: u16,
+    pub saas_port: u16,
+}
+
+impl Stack {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("control/control.sock")
+    }
+
+    pub fn agent_url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.agent_port)
+    }
+
+    /// Starts control, issues the proxy's SVID, starts the proxy and waits until both are ready.
+    pub async fn start(saas_port: u16) -> anyhow::Result<Stack> {
+        let dir = tempfile::tempdir()?;
+        let (agent_port, bootstrap_port, control_api_port) =
+            (free_port(), free_port(), free_port());
+        let proxy_admin = format!("127.0.0.1:{}", free_port());
+        let control_admin = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            dir.path().join("control.yaml"),
+            format!(
+                "listen: 127.0.0.1:{control_api_port}\nadmin_listen: {control_admin}\n\
+                 data_dir: {d}/control\ntrust_domain: zen.local\ntrust_bundle_file: {d}/bundle.pem\n\
+                 proxy_sync:\n  long_poll_timeout: 2s\n",
+                d = dir.path().display()
+            ),
+        )?;
+        std::fs::write(
+            dir.path().join("proxy.yaml"),
+            proxy_yaml(
+                dir.path(),
+                agent_port,
+                bootstrap_port,
+                &proxy_admin,
+                control_api_port,
+                saas_port,
+            ),
+        )?;
+        let mut stack = Stack {
+            dir,
+            control: None,
+            proxy: None,
+            agent_port,
+            bootstrap_port,
+            proxy_admin,
+            control_admin,
+            control_api_port,
+            saas_port,
+        };
+        stack.start_control().await?;
+        let out = stack.control_cli(&[
+            "ca",
+            "issue",
+            "--spiffe-id",
+            "spiffe://zen.local/proxy/e2e",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &stack.path("proxy").display().to_string(),
+        ])?;
+        anyhow::ensure!(out.contains("issued"), "ca issue: {out}");
+        stack.start_proxy().await?;
+        Ok(stack)
+    }
+
+    pub async fn start_control(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(binary("zen-control")?);
+        cmd.args(["serve", "--config"])
+            .arg(self.path("control.yaml"));
+        self.control = Some(Proc::spawn("zen-control", &mut cmd, self.dir.path())?);
+        let admin = self.control_admin.clone();
+        wait_until("zen-control /readyz", Duration::from_secs(20), || {
+            let admin = admin.clone();
+            async move { matches!(http_get(&admin, "/readyz").await, Ok((200, _))) }
+        })
+        .await
+    }
+
+    pub async fn start_proxy(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(binary("zen-proxy")?);
+        cmd.args(["run", "--config"]).arg(self.path("proxy.yaml"));
+        self.proxy = Some(Proc::spawn("zen-proxy", &mut cmd, self.dir.path())?);
+        let admin = self.proxy_admin.clone();
+        wait_until("zen-proxy /readyz", Duration::from_secs(20), || {
+            let admin = admin.clone();
+            async move { matches!(http_get(&admin, "/readyz").await, Ok((200, _))) }
+        })
+        .await
+    }
+
+    /// Runs the operator CLI against this stack's socket; returns stdout, fails on non-zero exit.
+    pub fn control_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("zen-control")?)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "zen-control {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `token create` → (token id, secret).
+    pub fn token(&self, spiffe_id: &str) -> anyhow::Result<(String, String)> {
+        let out = self.control_cli(&[
+            "token",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--output",
+            "json",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let field = |k: &str| v[k].as_str().map(str::to_owned).context("token JSON");
+        Ok((field("token_id")?, field("secret")?))
+    }
+
+    /// `zen-agent enroll` with the real binary; returns its output (Err with it on failure).
+    pub fn enroll(
+        &self,
+        token: &(String, String),
+        spiffe_id: &str,
+        out: &Path,
+    ) -> anyhow::Result<String> {
+        let result = Command::new(binary("zen-agent")?)
+            .args(["enroll", "--server"])
+            .arg(format!("https://localhost:{}", self.bootstrap_port))
+            .arg("--agent-server")
+            .arg(format!("https://localhost:{}", self.agent_port))
+            .args([
+                "--token-id",
+                &token.0,
+                "--spiffe-id",
+                spiffe_id,
+                "--ca-file",
+            ])
+            .arg(self.path("bundle.pem"))
+            .arg("--out")
+            .arg(out)
+            .env("ZEN_TOKEN_SECRET", &token.1)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+        if result.status.success() {
+            Ok(text)
+        } else {
+            bail!("zen-agent enroll failed: {text}")
+        }
+    }
+
+    /// A counter or gauge from the proxy's /metrics (sum over series whose labels contain `labels`).
+    pub async fn proxy_metric(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
+        let (_, text) = http_get(&self.proxy_admin, "/metrics").await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+}
+
+fn proxy_yaml(
+    dir: &Path,
+    agent: u16,
+    bootstrap: u16,
+    admin: &str,
+    control_api: u16,
+    saas: u16,
+) -> String {
+    let d = dir.display();
+    format!(
+        r#"listeners:
+  agent: {{address: "127.0.0.1:{agent}", client_auth: required}}
+  bootstrap: {{address: "127.0.0.1:{bootstrap}"}}
+  admin: {{address: "{admin}"}}
+tls: {{cert_file: {d}/proxy/tls.crt, key_file: {d}/proxy/tls.key}}
+trust_bundles: [{{trust_domain: zen.local, file: {d}/bundle.pem}}]
+control:
+  url: https://127.0.0.1:{agent}/proxy/v1/state
+  cache_file: {d}/proxy/state-cache.json
+  request_timeout_secs: 10
+upstreams:
+  control: {{address: "127.0.0.1:{control_api}", connect_timeout_ms: 500}}
+  saas: {{address: "127.0.0.1:{saas}", connect_timeout_ms: 500}}
+routes:
+  - {{name: desired-state, listener: agent, methods: [GET], path: "/agent/v1/clusters/{{cid}}/desired-state", upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/{{cid}}/agent/*"], hmac: required}}}}
+  - {{name: adapters-sync, listener: agent, methods: [POST], path: "/agent/v1/clusters/{{cluster_id}}/adapters/sync", upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/{{cluster_id}}/agent/*"], hmac: required}}}}
+  - {{name: heartbeat, listener: agent, methods: [POST], path: /agent/v1/heartbeat, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: hmac-key, listener: agent, methods: [GET], path: /agent/v1/hmac-key, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: enroll-confirm, listener: agent, methods: [POST], path: /enroll/v1/confirm, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: proxy-state, listener: agent, methods: [GET], path: /proxy/v1/state, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/proxy/*"], hmac: off}}}}
+  - {{name: enroll-request, listener: bootstrap, methods: [POST], path: /enroll/v1/request, upstream: control,
+      auth: {{hmac: off, max_body_bytes: 65536}}}}
+  - {{name: saas-echo, listener: agent, methods: [GET, POST], path: /saas/v1/echo, upstream: saas,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+"#
+    )
+}
+
+/// A minimal HTTP/1.1 upstream that answers 200 `{"ok":true}` and records each request head + body.
+pub struct RecordingUpstream {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> anyhow::Result<RecordingUpstream> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = sock.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // One request per read burst is enough for these tests' small bodies.
+                        let Some(end) = find(&buf, b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        log.lock()
+                            .expect("log")
+                            .push(String::from_utf8_lossy(&buf[..end + 4 + len]).into_owned());
+                        buf.drain(..end + 4 + len);
+                        let body = br#"{"ok":true}"#;
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if sock.write_all(resp.as_bytes()).await.is_err()
+                            || sock.write_all(body).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(RecordingUpstream {
+            port,
+            requests,
+            task,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().expect("log").len()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
