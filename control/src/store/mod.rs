@@ -225,10 +225,13 @@ pub struct RevokedSerial {
     pub not_after: i64,
 }
 
+/// A per-cluster document as stored.
 #[derive(Debug, Clone)]
 pub struct ClusterDoc {
     pub body: Vec<u8>,
+    /// Desired state: its ETag. Adapter report: the reporting SPIFFE ID. Allowlist: empty.
     pub tag: String,
+    /// Allowlist: its version (bumped on every set). Others: 0.
     pub version: i64,
     pub updated_at: i64,
 }

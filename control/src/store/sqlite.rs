@@ -223,29 +223,16 @@ async fn insert_svid(tx: &mut Tx, s: &SvidRecord) -> StoreResult<()> {
 }
 
 fn cluster_doc(
-    r: &SqliteRow,
-    body: &str,
-    tag: &str,
-    version: &str,
-    at: &str,
-) -> StoreResult<Option<ClusterDoc>> {
-    let b: Option<Vec<u8>> = r.try_get(body)?;
-    Ok(match b {
-        None => None,
-        Some(body) => Some(ClusterDoc {
-            body,
-            tag: if tag.is_empty() {
-                String::new()
-            } else {
-                r.try_get::<Option<String>, _>(tag)?.unwrap_or_default()
-            },
-            version: if version.is_empty() {
-                0
-            } else {
-                r.try_get(version)?
-            },
-            updated_at: r.try_get::<Option<i64>, _>(at)?.unwrap_or(0),
-        }),
+    body: Option<Vec<u8>>,
+    tag: String,
+    version: i64,
+    at: Option<i64>,
+) -> Option<ClusterDoc> {
+    body.map(|body| ClusterDoc {
+        body,
+        tag,
+        version,
+        updated_at: at.unwrap_or(0),
     })
 }
 
@@ -729,13 +716,13 @@ impl Store for SqliteStore {
         .await?;
         match r {
             None => Ok(None),
-            Some(r) => cluster_doc(
-                &r,
-                "desired_state",
-                "desired_etag",
-                "",
-                "desired_updated_at",
-            ),
+            Some(r) => Ok(cluster_doc(
+                r.try_get("desired_state")?,
+                r.try_get::<Option<String>, _>("desired_etag")?
+                    .unwrap_or_default(),
+                0,
+                r.try_get("desired_updated_at")?,
+            )),
         }
     }
 
@@ -774,13 +761,12 @@ impl Store for SqliteStore {
         .await?;
         match r {
             None => Ok(None),
-            Some(r) => cluster_doc(
-                &r,
-                "allowlist",
-                "",
-                "allowlist_version",
-                "allowlist_updated_at",
-            ),
+            Some(r) => Ok(cluster_doc(
+                r.try_get("allowlist")?,
+                String::new(),
+                r.try_get("allowlist_version")?,
+                r.try_get("allowlist_updated_at")?,
+            )),
         }
     }
 
@@ -817,13 +803,13 @@ impl Store for SqliteStore {
         .await?;
         match r {
             None => Ok(None),
-            Some(r) => cluster_doc(
-                &r,
-                "adapters_report",
-                "adapters_reported_by",
-                "",
-                "adapters_reported_at",
-            ),
+            Some(r) => Ok(cluster_doc(
+                r.try_get("adapters_report")?,
+                r.try_get::<Option<String>, _>("adapters_reported_by")?
+                    .unwrap_or_default(),
+                0,
+                r.try_get("adapters_reported_at")?,
+            )),
         }
     }
 }
