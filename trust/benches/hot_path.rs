@@ -6,11 +6,52 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zen_trust::signature::{sign, verify, RequestParts, SignOptions, VerifyPolicy};
 use zen_trust::{KeySet, KeySetEntry, KeyStatus, ReplayCache, Secret, SpiffeId, UnixTime};
 
 const NOW: UnixTime = UnixTime(1_800_000_000);
+
+/// CPU time of the measuring thread. The shared 2-core build box runs other
+/// jobs (load 4-7), which inflates wall time by preemption; thread CPU time
+/// counts only the cycles this code used. Both are reported.
+struct ThreadCpu;
+
+fn thread_cpu_now() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+static WALL: WallTime = WallTime;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+    fn end(&self, i: Duration) -> Duration {
+        thread_cpu_now().saturating_sub(i)
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        WALL.formatter()
+    }
+}
 
 fn key_set(secret: &Secret) -> KeySet {
     let entries: Vec<KeySetEntry> = (0..1000)
@@ -61,7 +102,7 @@ fn signed_headers(
     out
 }
 
-fn bench_verify(c: &mut Criterion) {
+fn bench_verify<M: Measurement<Value = Duration> + 'static>(c: &mut Criterion<M>, tag: &str) {
     let secret = Secret::generate();
     let keys = key_set(&secret);
     let policy = VerifyPolicy::default();
@@ -75,7 +116,7 @@ fn bench_verify(c: &mut Criterion) {
         headers: &get,
     };
     verify(&policy, &get_req, None, &keys, NOW).unwrap();
-    c.bench_function("verify GET (3 components)", |b| {
+    c.bench_function(&format!("{tag}verify GET (3 components)"), |b| {
         b.iter(|| verify(&policy, black_box(&get_req), None, &keys, NOW).unwrap())
     });
 
@@ -88,7 +129,7 @@ fn bench_verify(c: &mut Criterion) {
         ..get_req
     };
     verify(&policy, &post_req, Some(&body), &keys, NOW).unwrap();
-    let mut g = c.benchmark_group("verify POST");
+    let mut g = c.benchmark_group(format!("{tag}verify POST"));
     g.throughput(Throughput::Bytes(body.len() as u64));
     g.bench_function("1 KiB body + content-digest", |b| {
         b.iter(|| {
@@ -104,7 +145,7 @@ fn bench_verify(c: &mut Criterion) {
     });
     g.finish();
 
-    c.bench_function("sign GET (3 components)", |b| {
+    c.bench_function(&format!("{tag}sign GET (3 components)"), |b| {
         let h = http::HeaderMap::new();
         let req = RequestParts {
             headers: &h,
@@ -129,40 +170,49 @@ fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
-fn bench_replay(c: &mut Criterion) {
-    // A synthetic clock advances one second per 100k inserts per thread and
-    // entries live 3 s, so the cache holds ~600k live entries and expiry runs
-    // continuously, as in steady state.
-    c.bench_function("replay insert (2 threads)", |b| {
-        b.iter_custom(|iters| {
-            let cache = Arc::new(ReplayCache::new(2_000_000));
-            let start = Instant::now();
-            let handles: Vec<_> = (0..2u64)
-                .map(|t| {
-                    let cache = cache.clone();
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 20];
-                        for i in 0..iters {
-                            let now = UnixTime(NOW.as_secs() + (i / 100_000) as i64);
-                            let nonce = fmt_u64(i * 2 + t, &mut buf);
-                            cache
-                                .insert("k1", nonce, now + Duration::from_secs(3), now)
-                                .unwrap();
-                        }
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().unwrap();
-            }
-            // Each iteration is one insert on each of the two threads.
-            start.elapsed()
+/// Two threads insert `iters` distinct nonces each into one cache. Returns
+/// (wall time, mean CPU time of the two threads). A synthetic clock advances
+/// one second per 100k inserts per thread and entries live 3 s, so the cache
+/// holds ~600k live entries and expiry runs continuously, as in steady state.
+fn replay_run(iters: u64) -> (Duration, Duration) {
+    let cache = Arc::new(ReplayCache::new(2_000_000));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..2u64)
+        .map(|t| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                let cpu0 = thread_cpu_now();
+                let mut buf = [0u8; 20];
+                for i in 0..iters {
+                    let now = UnixTime(NOW.as_secs() + (i / 100_000) as i64);
+                    let nonce = fmt_u64(i * 2 + t, &mut buf);
+                    cache
+                        .insert("k1", nonce, now + Duration::from_secs(3), now)
+                        .unwrap();
+                }
+                thread_cpu_now().saturating_sub(cpu0)
+            })
         })
+        .collect();
+    let cpu: Duration = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    // Each iteration is one insert on each of the two threads.
+    (start.elapsed(), cpu / 2)
+}
+
+fn bench_replay_wall(c: &mut Criterion) {
+    c.bench_function("replay insert (2 threads)", |b| {
+        b.iter_custom(|iters| replay_run(iters).0)
     });
 }
 
-fn bench_spiffe(c: &mut Criterion) {
-    c.bench_function("SPIFFE ID parse", |b| {
+fn bench_replay_cpu(c: &mut Criterion<ThreadCpu>) {
+    c.bench_function("cpu-time: replay insert (2 threads)", |b| {
+        b.iter_custom(|iters| replay_run(iters).1)
+    });
+}
+
+fn bench_spiffe<M: Measurement<Value = Duration> + 'static>(c: &mut Criterion<M>, tag: &str) {
+    c.bench_function(&format!("{tag}SPIFFE ID parse"), |b| {
         b.iter(|| SpiffeId::parse(black_box("spiffe://zen.local/cluster/c1/agent/a1")).unwrap())
     });
 }
@@ -214,11 +264,23 @@ fn bench_baselines(c: &mut Criterion) {
     );
 }
 
-criterion_group!(
-    benches,
-    bench_verify,
-    bench_replay,
-    bench_spiffe,
-    bench_baselines
-);
-criterion_main!(benches);
+fn wall_clock(c: &mut Criterion) {
+    bench_verify(c, "");
+    bench_replay_wall(c);
+    bench_spiffe(c, "");
+    bench_baselines(c);
+}
+
+fn cpu_time(c: &mut Criterion<ThreadCpu>) {
+    bench_verify(c, "cpu-time: ");
+    bench_replay_cpu(c);
+    bench_spiffe(c, "cpu-time: ");
+}
+
+criterion_group!(wall, wall_clock);
+criterion_group! {
+    name = cpu;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = cpu_time
+}
+criterion_main!(wall, cpu);

@@ -51,7 +51,10 @@ impl HeaderLookup for http::HeaderMap {
         join(
             self.get_all(lowercase_name)
                 .iter()
-                .map(|v| String::from_utf8_lossy(trim_ows_bytes(v.as_bytes()))),
+                .map(|v| match v.to_str() {
+                    Ok(s) => Cow::Borrowed(trim_ows(s)),
+                    Err(_) => String::from_utf8_lossy(trim_ows_bytes(v.as_bytes())),
+                }),
         )
     }
 }
