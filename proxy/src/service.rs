@@ -163,7 +163,10 @@ impl ProxyHttp for ZenProxy {
                 self.refuse(
                     session,
                     ctx,
-                    &Refusal::UpstreamUnavailable { detail: e.detail },
+                    // The specifics (addresses, errno) stay in the log.
+                    &Refusal::UpstreamUnavailable {
+                        detail: format!("upstream {:?} is unavailable", admitted.route.upstream),
+                    },
                 )
                 .await;
             }
