@@ -45,17 +45,24 @@ fn join<'a, I: Iterator<Item = Cow<'a, str>>>(mut values: I) -> Option<Cow<'a, s
     }
 }
 
+static SIGNATURE_INPUT: http::HeaderName = http::HeaderName::from_static("signature-input");
+static SIGNATURE: http::HeaderName = http::HeaderName::from_static("signature");
+static CONTENT_DIGEST: http::HeaderName = http::HeaderName::from_static("content-digest");
+
 impl HeaderLookup for http::HeaderMap {
     fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>> {
+        // The fields read on every request skip header-name parsing.
+        let values = match lowercase_name {
+            "signature-input" => self.get_all(&SIGNATURE_INPUT),
+            "signature" => self.get_all(&SIGNATURE),
+            "content-digest" => self.get_all(&CONTENT_DIGEST),
+            other => self.get_all(other),
+        };
         // Non-UTF-8 bytes become U+FFFD: such a value can only fail to verify.
-        join(
-            self.get_all(lowercase_name)
-                .iter()
-                .map(|v| match v.to_str() {
-                    Ok(s) => Cow::Borrowed(trim_ows(s)),
-                    Err(_) => String::from_utf8_lossy(trim_ows_bytes(v.as_bytes())),
-                }),
-        )
+        join(values.iter().map(|v| match v.to_str() {
+            Ok(s) => Cow::Borrowed(trim_ows(s)),
+            Err(_) => String::from_utf8_lossy(trim_ows_bytes(v.as_bytes())),
+        }))
     }
 }
 
