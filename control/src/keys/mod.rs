@@ -178,21 +178,59 @@ pub fn view_for<'a>(keys: &'a [KeyRecord], using: Option<&str>, now: i64) -> Key
         .iter()
         .filter(|k| k.status != KeyState::Revoked && k.not_before <= now && now < k.not_after)
         .collect();
-    let newest = valid
-        .iter()
-        .copied()
-        .max_by_key(|k| (k.not_before, k.created_at));
+    // A successor always outlives its predecessor (it is issued `grace` before the old key's end,
+    // and a forced rotation cuts the old key to the grace window), so rank by the end of validity.
+    // Issue times can tie (same second, or a manual clock); key_id only makes a tie deterministic.
+    let rank = |k: &&KeyRecord| (k.not_after, k.not_before, k.created_at, k.key_id.clone());
+    let newest = valid.iter().copied().max_by_key(rank);
     let current = using
         .and_then(|id| valid.iter().copied().find(|k| k.key_id == id))
-        .or_else(|| {
-            valid
-                .iter()
-                .copied()
-                .min_by_key(|k| (k.not_before, k.created_at))
-        });
+        .or_else(|| valid.iter().copied().min_by_key(rank));
     let next = match (current, newest) {
         (Some(c), Some(n)) if c.key_id != n.key_id => Some(n),
         _ => None,
     };
     KeyPairView { current, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, not_before: i64, not_after: i64) -> KeyRecord {
+        KeyRecord {
+            key_id: id.into(),
+            owner: "spiffe://zen.local/cluster/c1/agent/a1".into(),
+            secret_enc: Vec::new(),
+            not_before,
+            not_after,
+            status: KeyState::Active,
+            created_at: not_before,
+        }
+    }
+
+    #[test]
+    fn successor_is_found_whatever_the_order_when_issue_times_tie() {
+        // Forced rotation at t=100: old key cut to the grace window, successor with a full lifetime,
+        // both issued in the same second. The store may list either first.
+        let old = key("k-zzz", 100, 100 + 3600);
+        let new = key("k-aaa", 100, 100 + 86400);
+        for keys in [
+            vec![old.clone(), new.clone()],
+            vec![new.clone(), old.clone()],
+        ] {
+            let v = view_for(&keys, Some("k-zzz"), 200);
+            assert_eq!(v.current.unwrap().key_id, "k-zzz");
+            assert_eq!(v.next.unwrap().key_id, "k-aaa");
+            let v = view_for(&keys, None, 200);
+            assert_eq!(
+                v.current.unwrap().key_id,
+                "k-zzz",
+                "default current is the one ending first"
+            );
+            assert_eq!(v.next.unwrap().key_id, "k-aaa");
+            let v = view_for(&keys, Some("k-aaa"), 200);
+            assert!(v.next.is_none(), "the successor has no successor");
+        }
+    }
 }
