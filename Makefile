@@ -28,7 +28,7 @@ clippy: deps
 # The end-to-end tests (tests/) start the real binaries, so they are built first.
 unit: deps
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 build: deps
 	$(CARGO) build --workspace --release
