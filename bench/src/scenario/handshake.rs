@@ -3,7 +3,7 @@
 //! handshakes unless `resume` lets rustls resume sessions.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -33,14 +33,9 @@ pub async fn run(ctx: Arc<Ctx>, opts: Opts, target_pid: Option<u32>) -> Result<R
                 let budget = gate.ready().await;
                 while budget.take() {
                     let req = ctx.signed(&s.identity)?;
-                    let t = Instant::now();
                     // Latency covers TCP connect + TLS handshake + the exchange.
-                    match s.exchange(&req, &mut rec).await {
-                        Ok(o) => rec.record(t.elapsed(), &o),
-                        Err(e) => {
-                            rec.record_error(&e);
-                            backoff().await;
-                        }
+                    if !s.send_recorded(&req, &mut rec).await {
+                        backoff().await;
                     }
                     s.close();
                 }

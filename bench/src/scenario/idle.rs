@@ -73,11 +73,7 @@ pub async fn run(
                 let mut rec = Recorder::default();
                 let mut s = Session::new(ctx.clone(), i);
                 let req = ctx.signed(&s.identity)?;
-                let t = Instant::now();
-                match s.exchange(&req, &mut rec).await {
-                    Ok(o) => rec.record(t.elapsed(), &o),
-                    Err(e) => rec.record_error(&e),
-                }
+                s.send_recorded(&req, &mut rec).await;
                 anyhow::Ok((rec, s))
             })
         })

@@ -3,7 +3,7 @@
 //! `swap` (with connection recycling).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 
@@ -44,13 +44,8 @@ pub async fn run(ctx: Arc<Ctx>, opts: Opts, target_pid: Option<u32>) -> Result<R
                 let mut on_conn = 0u64;
                 while budget.take() {
                     let req = ctx.signed(&s.identity)?;
-                    let t = Instant::now();
-                    match s.exchange(&req, &mut rec).await {
-                        Ok(o) => rec.record(t.elapsed(), &o),
-                        Err(e) => {
-                            rec.record_error(&e);
-                            backoff().await;
-                        }
+                    if !s.send_recorded(&req, &mut rec).await {
+                        backoff().await;
                     }
                     on_conn += 1;
                     if opts.recycle_after.is_some_and(|n| on_conn >= n) {

@@ -141,6 +141,22 @@ impl Session {
         Ok(())
     }
 
+    /// Sends one request and records its latency, measured from now (so it includes a connect
+    /// and handshake when one is needed), or its transport error. Returns false on an error.
+    pub async fn send_recorded(&mut self, req: &SignedRequest, rec: &mut Recorder) -> bool {
+        let t = Instant::now();
+        match self.exchange(req, rec).await {
+            Ok(o) => {
+                rec.record(t.elapsed(), &o);
+                true
+            }
+            Err(e) => {
+                rec.record_error(&e);
+                false
+            }
+        }
+    }
+
     /// Sends one request (connecting first if needed). On a transport error
     /// the connection is dropped so the next call starts a fresh one.
     pub async fn exchange(
