@@ -11,16 +11,19 @@ use zen_agent::client::{self, Response, SigningKey};
 use zen_agent::files::AgentFiles;
 use zen_e2e::{RecordingUpstream, Stack};
 
+// Each group of scenarios that a later change adds lives in its own module file beside this one,
+// declared here.
+
 const AGENT_C1: &str = "spiffe://zen.local/cluster/c1/agent/a1";
 
 /// An enrolled agent's mTLS config and key, as `zen-agent request` would use them.
-struct Agent {
-    tls: Arc<rustls::ClientConfig>,
-    key: SigningKey,
+pub(crate) struct Agent {
+    pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) key: SigningKey,
 }
 
 impl Agent {
-    fn load(dir: &Path) -> Agent {
+    pub(crate) fn load(dir: &Path) -> Agent {
         let files = AgentFiles::load(dir).expect("agent files");
         let tls = zen_agent::tls::mtls_config(&files.bundle, files.svid_chain, files.svid_key)
             .expect("mTLS config");
@@ -33,7 +36,7 @@ impl Agent {
         }
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: &str,
@@ -53,7 +56,7 @@ impl Agent {
     }
 }
 
-async fn enrolled(stack: &Stack, id: &str, name: &str) -> Agent {
+pub(crate) async fn enrolled(stack: &Stack, id: &str, name: &str) -> Agent {
     let token = stack.token(id).expect("token");
     let dir = stack.path(name);
     stack.enroll(&token, id, &dir).expect("enroll");
