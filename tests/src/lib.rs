@@ -148,6 +148,18 @@ pub struct Stack {
     pub control_admin: String,
     pub control_api_port: u16,
     pub saas_port: u16,
+    pub proxy_env: Vec<(String, String)>,
+}
+
+/// What a scenario changes in the stack [`Stack::start_with`] brings up.
+#[derive(Debug, Default, Clone)]
+pub struct StackOptions {
+    /// Appended to control.yaml: whole top-level sections that the harness does not write itself
+    /// (it writes listen, admin_listen, data_dir, trust_domain, trust_bundle_file, proxy_sync), e.g.
+    /// `"svid:\n  ttl: 20s\n"`.
+    pub control_yaml: String,
+    /// Environment for zen-proxy, e.g. `BOOTSTRAP_REQUIRE_SPIFFE=true`.
+    pub proxy_env: Vec<(String, String)>,
 }
 
 impl Stack {
@@ -165,6 +177,11 @@ impl Stack {
 
     /// Starts control, issues the proxy's SVID, starts the proxy and waits until both are ready.
     pub async fn start(saas_port: u16) -> anyhow::Result<Stack> {
+        Stack::start_with(saas_port, StackOptions::default()).await
+    }
+
+    /// [`Stack::start`] with extra control config sections and proxy environment.
+    pub async fn start_with(saas_port: u16, options: StackOptions) -> anyhow::Result<Stack> {
         let dir = tempfile::tempdir()?;
         let (agent_port, bootstrap_port, control_api_port) =
             (free_port(), free_port(), free_port());
@@ -175,8 +192,9 @@ impl Stack {
             format!(
                 "listen: 127.0.0.1:{control_api_port}\nadmin_listen: {control_admin}\n\
                  data_dir: {d}/control\ntrust_domain: zen.local\ntrust_bundle_file: {d}/bundle.pem\n\
-                 proxy_sync:\n  long_poll_timeout: 2s\n",
-                d = dir.path().display()
+                 proxy_sync:\n  long_poll_timeout: 2s\n{extra}",
+                d = dir.path().display(),
+                extra = options.control_yaml,
             ),
         )?;
         std::fs::write(
@@ -200,6 +218,7 @@ impl Stack {
             control_admin,
             control_api_port,
             saas_port,
+            proxy_env: options.proxy_env,
         };
         stack.start_control().await?;
         let out = stack.control_cli(&[
@@ -235,6 +254,7 @@ impl Stack {
     pub async fn start_proxy(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(binary("zen-proxy")?);
         cmd.args(["run", "--config"]).arg(self.path("proxy.yaml"));
+        cmd.envs(self.proxy_env.iter().map(|(k, v)| (k, v)));
         self.proxy = Some(Proc::spawn("zen-proxy", &mut cmd, self.dir.path())?);
         let admin = self.proxy_admin.clone();
         wait_until("zen-proxy /readyz", Duration::from_secs(20), || {
@@ -351,6 +371,12 @@ routes:
   - {{name: adapters-sync, listener: agent, methods: [POST], path: "/agent/v1/clusters/{{cluster_id}}/adapters/sync", upstream: control,
       auth: {{spiffe: ["spiffe://zen.local/cluster/{{cluster_id}}/agent/*"], hmac: required}}}}
   - {{name: heartbeat, listener: agent, methods: [POST], path: /agent/v1/heartbeat, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: heartbeats, listener: agent, methods: [POST], path: /agent/v1/heartbeats, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: allowlist, listener: agent, methods: [GET], path: /agent/v1/allowlist, upstream: control,
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+  - {{name: svid-renew, listener: agent, methods: [POST], path: /agent/v1/svid/renew, upstream: control,
       auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
   - {{name: hmac-key, listener: agent, methods: [GET], path: /agent/v1/hmac-key, upstream: control,
       auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
