@@ -28,6 +28,10 @@ pub struct EnrollRequest {
     pub spiffe_id: SpiffeId,
     pub ca_file: PathBuf,
     pub out: PathBuf,
+    /// A pre-provisioned SVID to present on the bootstrap listener (required there when the proxy
+    /// runs with `require_spiffe`): `tls.crt` + `tls.key` (the layout `zen-control ca issue` writes)
+    /// or `svid.pem` + `svid.key` (an agent's credential directory).
+    pub client_dir: Option<PathBuf>,
     /// How long to keep retrying the confirm while the proxy has not yet learned the new key.
     pub confirm_patience: Duration,
 }
@@ -51,11 +55,33 @@ pub enum EnrollError {
     },
     #[error("control answered the enrollment with something that is not a bundle: {0}")]
     BadBundle(String),
+    #[error(
+        "{server} refused the TLS handshake: its bootstrap listener requires a client certificate \
+         (require_spiffe / BOOTSTRAP_REQUIRE_SPIFFE=true); pass --client-dir with an SVID for the \
+         token's SPIFFE ID"
+    )]
+    ClientCertRequired { server: String },
+    #[error(
+        "{server} refused the client certificate from {dir} in the TLS handshake (alert {alert:?}); \
+         it must be an SVID of the trust domain the proxy trusts, unexpired"
+    )]
+    ClientCertRefused {
+        server: String,
+        dir: PathBuf,
+        alert: rustls::AlertDescription,
+    },
 }
 
 /// Runs the whole enrollment and returns the bundle; the files are in `req.out` when it returns Ok.
 pub async fn enroll(req: &EnrollRequest) -> Result<EnrollmentBundle, EnrollError> {
     let ca = files::read_certs(&req.ca_file)?;
+    let tls = match &req.client_dir {
+        Some(dir) => {
+            let (chain, key) = files::read_client_identity(dir)?;
+            tls::mtls_config(&ca, chain, key)?
+        }
+        None => tls::bootstrap_config(&ca)?,
+    };
     let keys = csr::generate(&req.spiffe_id)?;
     let body = serde_json::json!({ "token_id": req.token_id, "csr_pem": keys.csr_pem });
     let token_key = SigningKey {
@@ -63,14 +89,15 @@ pub async fn enroll(req: &EnrollRequest) -> Result<EnrollmentBundle, EnrollError
         secret: Arc::new(Secret::from_bytes(req.token_secret.expose().to_vec())),
     };
     let response = client::send(
-        tls::bootstrap_config(&ca)?,
+        tls,
         Method::POST,
         &format!("{}/enroll/v1/request", req.server.trim_end_matches('/')),
         &[],
         Some(Bytes::from(body.to_string())),
         Some(&token_key),
     )
-    .await?;
+    .await
+    .map_err(|e| handshake_refusal(req, e))?;
     if response.status != StatusCode::OK {
         return Err(refused("enrollment request", &response));
     }
@@ -171,6 +198,50 @@ async fn confirm(req: &EnrollRequest, bundle: &EnrollmentBundle) -> Result<(), E
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+}
+
+/// A TLS alert from the bootstrap listener about our client certificate becomes an error that says
+/// what to do; anything else stays the client error it was. (In TLS 1.3 the server checks the client
+/// certificate after the client's handshake is done, so the alert can surface on the first read.)
+fn handshake_refusal(req: &EnrollRequest, err: ClientError) -> EnrollError {
+    use rustls::AlertDescription as A;
+    let server = req.server.clone();
+    match (tls_alert(&err), &req.client_dir) {
+        (Some(A::CertificateRequired), _) => EnrollError::ClientCertRequired { server },
+        (
+            Some(
+                alert @ (A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateExpired
+                | A::UnsupportedCertificate
+                | A::CertificateUnknown
+                | A::AccessDenied),
+            ),
+            Some(dir),
+        ) => EnrollError::ClientCertRefused {
+            server,
+            dir: dir.clone(),
+            alert,
+        },
+        _ => EnrollError::Client(err),
+    }
+}
+
+/// The TLS alert the peer sent, if that is what `err` comes down to.
+fn tls_alert(err: &ClientError) -> Option<rustls::AlertDescription> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        next = e.source();
+    }
+    None
 }
 
 fn refused(step: &'static str, response: &Response) -> EnrollError {

@@ -59,6 +59,19 @@ impl AgentFiles {
     }
 }
 
+/// A pre-provisioned SVID in `dir` for presenting as a client certificate: `tls.crt` + `tls.key`
+/// (cert-manager / `zen-control ca issue` layout) if `tls.crt` exists, else `svid.pem` + `svid.key`.
+pub fn read_client_identity(
+    dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), FilesError> {
+    let (chain, key) = if dir.join("tls.crt").exists() {
+        ("tls.crt", "tls.key")
+    } else {
+        (SVID_CHAIN, SVID_KEY)
+    };
+    Ok((read_certs(&dir.join(chain))?, read_key(&dir.join(key))?))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, FilesError> {
     std::fs::read(path).map_err(|source| FilesError::Read {
         path: path.to_owned(),

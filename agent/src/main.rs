@@ -46,6 +46,10 @@ enum Command {
         ca_file: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Present this pre-provisioned SVID on the bootstrap listener (needed when the proxy runs
+        /// with BOOTSTRAP_REQUIRE_SPIFFE=true): DIR/tls.crt + tls.key, else DIR/svid.pem + svid.key.
+        #[arg(long, value_name = "DIR")]
+        client_dir: Option<PathBuf>,
     },
     /// A curl for the mesh: mTLS with the enrolled SVID and a zen-hmac-v1 signature.
     Request {
@@ -102,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spiffe_id,
             ca_file,
             out,
+            client_dir,
         } => {
             let spiffe_id: SpiffeId = spiffe_id
                 .parse()
@@ -120,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spiffe_id,
                 ca_file,
                 out,
+                client_dir,
                 confirm_patience: Duration::from_secs(15),
             };
             let bundle = enroll(&request).await?;
