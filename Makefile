@@ -2,10 +2,11 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test run deps fmt-check clippy unit build bench
+.PHONY: test run deps fmt-check clippy unit build bench compose-test image
 
-## make test — the whole suite: system deps, fmt check, clippy -D warnings, every test in the workspace.
-test: deps fmt-check clippy unit
+## make test — the whole suite: system deps, fmt check, clippy -D warnings, every test in the workspace,
+## then the docker-compose stack test (skipped, with the reason printed, when no Docker engine answers).
+test: deps fmt-check clippy unit compose-test
 
 ## Install the system packages the build needs (pingora's zlib-ng needs cmake) when they are absent.
 deps:
@@ -32,6 +33,17 @@ unit: deps
 
 build: deps
 	$(CARGO) build --workspace --release
+
+## make compose-test — the compose stack with 3 agents and faults (scripts/compose-test.sh), on an image
+## built from this host's debug binaries over a locally made Debian base: nothing is pulled.
+compose-test: deps
+	$(CARGO) build --workspace --bins
+	scripts/compose-test.sh debug
+
+## make image — the runtime image from host-built binaries (no registry needed): zen-mesh:local.
+image: deps
+	$(CARGO) build --workspace --bins
+	scripts/docker-image.sh debug
 
 bench: deps
 	$(CARGO) bench -p zen-trust

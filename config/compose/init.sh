@@ -1,0 +1,41 @@
+#!/bin/bash
+# One-shot init service: runs once zen-control is healthy, through its operator socket (shared
+# control-data volume). Idempotent: every `docker compose up` runs it again.
+#  1. issues the proxy's serving SVID into the proxy-identity volume (cert-manager layout:
+#     tls.crt, tls.key, ca.crt), with the DNS names agents and the host use to reach it;
+#  2. publishes the trust bundle agents enroll with (tokens volume, bundle.pem);
+#  3. creates one bootstrap token per agent slot not yet claimed (ZEN_AGENT_SLOTS, default 8):
+#     tokens/pending/aN.env, which an agent container claims by renaming it into tokens/claimed/.
+set -euo pipefail
+
+sock=/var/lib/zen-control/control.sock
+tokens=/zen/tokens
+slots="${ZEN_AGENT_SLOTS:-8}"
+cluster="${ZEN_CLUSTER_ID:-compose}"
+ctl() { zen-control --socket "$sock" "$@"; }
+
+ctl ca issue --spiffe-id spiffe://zen.local/proxy/compose \
+    --dns localhost --dns pod --ip 127.0.0.1 --ttl 720h --out /var/lib/zen-proxy/identity
+
+umask 077
+mkdir -p "$tokens/pending" "$tokens/claimed"
+cp /var/lib/zen-control/bundle.pem "$tokens/.bundle.pem.tmp"
+chmod 0644 "$tokens/.bundle.pem.tmp"
+mv -f "$tokens/.bundle.pem.tmp" "$tokens/bundle.pem"
+
+# Unclaimed tokens from an earlier run may have expired: replace them.
+rm -f "$tokens"/pending/*.env
+created=0
+for i in $(seq 1 "$slots"); do
+    slot="a$i"
+    [[ -e "$tokens/claimed/$slot.env" ]] && continue
+    id="spiffe://zen.local/cluster/$cluster/agent/$slot"
+    out=$(ctl token create --spiffe-id "$id" --ttl 24h)
+    token_id=$(awk '$1 == "token_id:" {print $2}' <<<"$out")
+    secret=$(awk '$1 == "secret:" {print $2}' <<<"$out")
+    [[ -n "$token_id" && -n "$secret" ]] || { echo "init: token create for $id printed no token" >&2; exit 1; }
+    printf 'SPIFFE_ID=%s\nTOKEN_ID=%s\nTOKEN_SECRET=%s\n' "$id" "$token_id" "$secret" >"$tokens/pending/.$slot.tmp"
+    mv -f "$tokens/pending/.$slot.tmp" "$tokens/pending/$slot.env"
+    created=$((created + 1))
+done
+echo "init: proxy identity issued; $created bootstrap token(s) pending; $(ls "$tokens/claimed" | wc -l) slot(s) claimed"
