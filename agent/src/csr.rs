@@ -15,11 +15,29 @@ pub struct KeyAndCsr {
 pub struct CsrError(#[from] rcgen::Error);
 
 pub fn generate(id: &SpiffeId) -> Result<KeyAndCsr, CsrError> {
+    generate_with_sans(id, &[], &[])
+}
+
+/// As [`generate`], also asking for DNS and IP SANs: a serving SVID (zen-proxy's own) that ordinary
+/// TLS clients verify by host name. Control grants them to proxy identities only.
+pub fn generate_with_sans(
+    id: &SpiffeId,
+    dns: &[String],
+    ips: &[std::net::IpAddr],
+) -> Result<KeyAndCsr, CsrError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     // X509-SVID: the identity is the URI SAN; the subject carries nothing of meaning.
     params.distinguished_name = DistinguishedName::new();
     params.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+    for name in dns {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.as_str().try_into()?));
+    }
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let csr = params.serialize_request(&key)?;
     Ok(KeyAndCsr {
         key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
