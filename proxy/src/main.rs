@@ -5,6 +5,7 @@ mod app;
 mod config;
 mod decision;
 mod forward;
+mod inject;
 mod metrics;
 mod policy;
 mod refusal;
@@ -41,6 +42,8 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Add the zen-proxy sidecar to the workloads of a Kubernetes manifest.
+    Inject(inject::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().cmd {
         Cmd::Check { config } => check(&config),
+        Cmd::Inject(args) => inject::run(&args),
         Cmd::Run { config } => {
             let cfg = match config::Config::load(&config) {
                 Ok(c) => c,

@@ -1,0 +1,613 @@
+//! A YAML tree that keeps what Kubernetes' reader needs to see the same
+//! values again: every scalar's text *and style*, and the key order.
+//!
+//! Kubernetes reads manifests as YAML 1.1, where plain `0644` is octal 420
+//! and plain `on` is a boolean, while the quoted forms are strings. A tree of
+//! resolved values (serde_yaml's `Value`) cannot tell `0644` from `'0644'`
+//! or `on` from `"on"`, so writing it back could change a `defaultMode` or
+//! turn an env value into a boolean. This tree re-emits a plain scalar as the
+//! same plain text and a quoted one quoted, so both readers see what they saw.
+
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Nesting deeper than this is refused instead of recursing further.
+const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    pub value: String,
+    pub style: TScalarStyle,
+    pub tag: Option<Tag>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Scalar(Scalar),
+    Seq(Vec<Node>, Option<Tag>),
+    Map(Vec<(Node, Node)>, Option<Tag>),
+}
+
+impl Node {
+    /// A string: plain when every YAML reader takes the plain text as that
+    /// same string, double-quoted otherwise.
+    pub fn str(s: &str) -> Node {
+        let style = if plain_is_string(s) {
+            TScalarStyle::Plain
+        } else {
+            TScalarStyle::DoubleQuoted
+        };
+        Node::Scalar(Scalar {
+            value: s.to_string(),
+            style,
+            tag: None,
+        })
+    }
+
+    pub fn int(i: i64) -> Node {
+        Node::Scalar(Scalar {
+            value: i.to_string(),
+            style: TScalarStyle::Plain,
+            tag: None,
+        })
+    }
+
+    pub fn bool(b: bool) -> Node {
+        Node::Scalar(Scalar {
+            value: b.to_string(),
+            style: TScalarStyle::Plain,
+            tag: None,
+        })
+    }
+
+    pub fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Node)>) -> Node {
+        Node::Map(
+            entries.into_iter().map(|(k, v)| (Node::str(k), v)).collect(),
+            None,
+        )
+    }
+
+    pub fn seq(items: impl IntoIterator<Item = Node>) -> Node {
+        Node::Seq(items.into_iter().collect(), None)
+    }
+
+    /// The scalar's text (for keys, names and kinds; style does not matter there).
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Scalar(s) => Some(&s.value),
+            _ => None,
+        }
+    }
+
+    /// `~`, `null`, or nothing at all, written plain and untagged.
+    pub fn is_null(&self) -> bool {
+        matches!(self, Node::Scalar(Scalar { value, style: TScalarStyle::Plain, tag: None })
+            if matches!(value.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+    }
+
+    /// "a mapping", "a list", "a scalar": for error messages.
+    pub fn shape(&self) -> &'static str {
+        match self {
+            Node::Scalar(_) if self.is_null() => "null",
+            Node::Scalar(_) => "a scalar",
+            Node::Seq(..) => "a list",
+            Node::Map(..) => "a mapping",
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match self {
+            Node::Map(entries, _) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        match self {
+            Node::Map(entries, _) => entries
+                .iter_mut()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` of this mapping; a missing or null value is
+    /// first set to `empty`. Callers have checked that `self` is a mapping.
+    pub fn entry(&mut self, key: &str, empty: Node) -> &mut Node {
+        let Node::Map(entries, _) = self else {
+            unreachable!("entry() on a checked mapping")
+        };
+        let at = match entries.iter().position(|(k, _)| k.as_str() == Some(key)) {
+            Some(i) => {
+                if entries[i].1.is_null() {
+                    entries[i].1 = empty;
+                }
+                i
+            }
+            None => {
+                entries.push((Node::str(key), empty));
+                entries.len() - 1
+            }
+        };
+        &mut entries[at].1
+    }
+}
+
+impl Node {
+    /// Appends to a list (callers have checked that `self` is one).
+    pub fn push(&mut self, item: Node) {
+        if let Node::Seq(items, _) = self {
+            items.push(item);
+        }
+    }
+}
+
+/// True when a plain scalar with this text is this string to both YAML 1.1
+/// and 1.2 readers: no number, boolean, null, timestamp or indicator look-alike.
+fn plain_is_string(s: &str) -> bool {
+    let Some(first) = s.chars().next() else {
+        return false;
+    };
+    if !first.is_ascii_alphabetic() && first != '/' {
+        return false;
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+    {
+        return false;
+    }
+    if s.ends_with(':') || s.contains(": ") {
+        return false;
+    }
+    let lower = s.to_ascii_lowercase();
+    !matches!(
+        lower.as_str(),
+        "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null" | ".inf" | ".nan"
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("line {line} column {col}: {message}")]
+pub struct ParseError {
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+/// Parses one document's text. `Ok(None)` for a document with no content
+/// (only comments, or an empty `---`). `first_line` numbers error lines as
+/// in the whole input.
+pub fn parse_document(text: &str, first_line: usize) -> Result<Option<Node>, ParseError> {
+    let mut b = Builder {
+        parser: Parser::new_from_str(text),
+        anchors: HashMap::new(),
+        first_line,
+    };
+    let mut root = None;
+    loop {
+        let (ev, mark) = b.next()?;
+        match ev {
+            Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                if root.is_some() {
+                    return Err(b.error(mark, "more than one document"));
+                }
+                let (ev, mark) = b.next()?;
+                let node = b.node(ev, mark, 0)?;
+                root = Some(if node.is_null() { None } else { Some(node) });
+            }
+            _ => return Err(b.error(mark, "unexpected content outside a document")),
+        }
+    }
+    Ok(root.flatten())
+}
+
+struct Builder<'a> {
+    parser: Parser<std::str::Chars<'a>>,
+    anchors: HashMap<usize, Node>,
+    first_line: usize,
+}
+
+impl Builder<'_> {
+    fn next(&mut self) -> Result<(Event, Marker), ParseError> {
+        self.parser.next_token().map_err(|e| ParseError {
+            line: self.first_line + e.marker().line() - 1,
+            col: e.marker().col() + 1,
+            message: e.info().to_string(),
+        })
+    }
+
+    fn error(&self, mark: Marker, message: &str) -> ParseError {
+        ParseError {
+            line: self.first_line + mark.line() - 1,
+            col: mark.col() + 1,
+            message: message.to_string(),
+        }
+    }
+
+    fn node(&mut self, ev: Event, mark: Marker, depth: usize) -> Result<Node, ParseError> {
+        if depth > MAX_DEPTH {
+            return Err(self.error(mark, "nested too deeply"));
+        }
+        let (node, anchor) = match ev {
+            Event::Scalar(value, style, anchor, tag) => {
+                (Node::Scalar(Scalar { value, style, tag }), anchor)
+            }
+            Event::SequenceStart(anchor, tag) => {
+                let mut items = Vec::new();
+                loop {
+                    let (ev, mark) = self.next()?;
+                    if ev == Event::SequenceEnd {
+                        break;
+                    }
+                    items.push(self.node(ev, mark, depth + 1)?);
+                }
+                (Node::Seq(items, tag), anchor)
+            }
+            Event::MappingStart(anchor, tag) => {
+                let mut entries = Vec::new();
+                loop {
+                    let (ev, mark) = self.next()?;
+                    if ev == Event::MappingEnd {
+                        break;
+                    }
+                    let key = self.node(ev, mark, depth + 1)?;
+                    let (ev, mark) = self.next()?;
+                    let value = self.node(ev, mark, depth + 1)?;
+                    entries.push((key, value));
+                }
+                (Node::Map(entries, tag), anchor)
+            }
+            // An alias stands for a copy of what its anchor names; Kubernetes
+            // reads it the same way.
+            Event::Alias(id) => {
+                return self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| self.error(mark, "alias to an unknown anchor"));
+            }
+            _ => return Err(self.error(mark, "unexpected YAML event")),
+        };
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        Ok(node)
+    }
+}
+
+/// Why a tree cannot be written back in block style.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EmitError {
+    #[error("{0}: a tag on a mapping or list is not supported in a document to inject")]
+    CollectionTag(String),
+    #[error("{0}: a mapping or list used as a key is not supported in a document to inject")]
+    ComplexKey(String),
+}
+
+/// Writes `node` as a block-style YAML document (no `---`), ending in a newline.
+pub fn emit(node: &Node) -> Result<String, EmitError> {
+    let mut out = String::new();
+    match node {
+        Node::Map(entries, tag) if !entries.is_empty() => {
+            no_tag(tag, "")?;
+            emit_map(entries, 0, false, "", &mut out)?;
+        }
+        Node::Seq(items, tag) if !items.is_empty() => {
+            no_tag(tag, "")?;
+            emit_seq(items, 0, false, "", &mut out)?;
+        }
+        other => {
+            emit_inline(other, 2, "", &mut out)?;
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn no_tag(tag: &Option<Tag>, path: &str) -> Result<(), EmitError> {
+    match tag {
+        None => Ok(()),
+        Some(_) => Err(EmitError::CollectionTag(display_path(path))),
+    }
+}
+
+fn display_path(path: &str) -> String {
+    if path.is_empty() {
+        "the document".to_string()
+    } else {
+        path.to_string()
+    }
+}
+
+fn pad(out: &mut String, n: usize) {
+    out.extend(std::iter::repeat_n(' ', n));
+}
+
+/// `first_padded`: the caller already wrote the first line's indentation
+/// (a `- ` of the enclosing list).
+fn emit_map(
+    entries: &[(Node, Node)],
+    indent: usize,
+    first_padded: bool,
+    path: &str,
+    out: &mut String,
+) -> Result<(), EmitError> {
+    for (i, (k, v)) in entries.iter().enumerate() {
+        let Node::Scalar(key) = k else {
+            return Err(EmitError::ComplexKey(display_path(path)));
+        };
+        if i > 0 || !first_padded {
+            pad(out, indent);
+        }
+        let key_text = if key.value.contains('\n') || key.value.is_empty() {
+            double_quoted(&key.value)
+        } else {
+            scalar_text(key, indent)
+        };
+        out.push_str(&key_text);
+        out.push(':');
+        let child = if path.is_empty() {
+            key.value.clone()
+        } else {
+            format!("{path}.{}", key.value)
+        };
+        match v {
+            Node::Map(m, tag) if !m.is_empty() => {
+                no_tag(tag, &child)?;
+                out.push('\n');
+                emit_map(m, indent + 2, false, &child, out)?;
+            }
+            Node::Seq(s, tag) if !s.is_empty() => {
+                no_tag(tag, &child)?;
+                out.push('\n');
+                emit_seq(s, indent, false, &child, out)?;
+            }
+            other => {
+                emit_inline(other, indent + 2, &child, out)?;
+                out.push('\n');
+            }
+        }
+    }
+    Ok(())
+}
+
+fn emit_seq(
+    items: &[Node],
+    indent: usize,
+    first_padded: bool,
+    path: &str,
+    out: &mut String,
+) -> Result<(), EmitError> {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 || !first_padded {
+            pad(out, indent);
+        }
+        out.push('-');
+        let child = format!("{path}[{i}]");
+        match item {
+            Node::Map(m, tag) if !m.is_empty() => {
+                no_tag(tag, &child)?;
+                out.push(' ');
+                emit_map(m, indent + 2, true, &child, out)?;
+            }
+            Node::Seq(s, tag) if !s.is_empty() => {
+                no_tag(tag, &child)?;
+                out.push(' ');
+                emit_seq(s, indent + 2, true, &child, out)?;
+            }
+            other => {
+                emit_inline(other, indent + 2, &child, out)?;
+                out.push('\n');
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A scalar or an empty collection after `key:` or `-` (writes the leading
+/// space itself; nothing at all for an untagged empty plain scalar).
+fn emit_inline(node: &Node, indent: usize, path: &str, out: &mut String) -> Result<(), EmitError> {
+    match node {
+        Node::Map(_, tag) => {
+            no_tag(tag, path)?;
+            out.push_str(" {}");
+        }
+        Node::Seq(_, tag) => {
+            no_tag(tag, path)?;
+            out.push_str(" []");
+        }
+        Node::Scalar(s) => {
+            let text = scalar_text(s, indent);
+            if !text.is_empty() {
+                out.push(' ');
+                out.push_str(&text);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tag_text(tag: &Tag) -> String {
+    match tag.handle.as_str() {
+        "tag:yaml.org,2002:" => format!("!!{}", tag.suffix),
+        "!" => format!("!{}", tag.suffix),
+        "" if tag.suffix == "!" => "!".to_string(),
+        h => format!("!<{h}{}>", tag.suffix),
+    }
+}
+
+/// The scalar as written after `key: ` or `- `; block scalars continue on
+/// following lines indented by `indent`.
+fn scalar_text(s: &Scalar, indent: usize) -> String {
+    let body = match s.style {
+        TScalarStyle::Plain if s.value.is_empty() => {
+            if s.tag.is_some() {
+                "\"\"".to_string()
+            } else {
+                String::new()
+            }
+        }
+        // Same plain text → same value to every reader. A plain scalar that
+        // spanned lines around a blank line holds a newline; it was a string.
+        TScalarStyle::Plain if !s.value.contains('\n') => s.value.clone(),
+        TScalarStyle::SingleQuoted if printable_line(&s.value) => {
+            format!("'{}'", s.value.replace('\'', "''"))
+        }
+        TScalarStyle::Literal | TScalarStyle::Folded => {
+            literal(&s.value, indent).unwrap_or_else(|| double_quoted(&s.value))
+        }
+        _ => double_quoted(&s.value),
+    };
+    match &s.tag {
+        Some(t) if body.is_empty() => tag_text(t),
+        Some(t) => format!("{} {body}", tag_text(t)),
+        None => body,
+    }
+}
+
+fn printable(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+        && c != '\u{feff}'
+}
+
+fn printable_line(s: &str) -> bool {
+    s.chars().all(|c| printable(c) && c != '\n' && c != '\t')
+}
+
+/// A literal block (`|`) holding exactly `value`, or None when one cannot.
+fn literal(value: &str, indent: usize) -> Option<String> {
+    if value.is_empty() || !value.chars().all(printable) {
+        return None;
+    }
+    let content = value.trim_end_matches('\n');
+    let trailing = value.len() - content.len();
+    if content.is_empty() {
+        return None;
+    }
+    let chomp = match trailing {
+        0 => "-",
+        1 => "",
+        _ => "+",
+    };
+    // Auto-detected indentation would be wrong when the first non-empty line
+    // starts with a space, or a blank line holds spaces.
+    let lines: Vec<&str> = content.split('\n').collect();
+    let explicit = lines
+        .iter()
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| l.starts_with(' '))
+        || lines.iter().any(|l| !l.is_empty() && l.trim().is_empty());
+    let mut out = String::from("|");
+    if explicit {
+        out.push('2');
+    }
+    out.push_str(chomp);
+    for l in &lines {
+        out.push('\n');
+        if !l.is_empty() {
+            pad(&mut out, indent);
+            out.push_str(l);
+        }
+    }
+    for _ in 1..trailing {
+        out.push('\n');
+    }
+    Some(out)
+}
+
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if printable(c) => out.push(c),
+            c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip(src: &str) -> String {
+        emit(&parse_document(src, 1).unwrap().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plain_and_quoted_scalars_keep_their_meaning_for_yaml_1_1_readers() {
+        let src = "a: 0644\nb: '0644'\nc: on\nd: \"on\"\ne: yes\nf: 1.0\ng: ~\nh:\ni: 'it''s'\nj: \"tab\\there\"\n";
+        assert_eq!(
+            roundtrip(src),
+            "a: 0644\nb: '0644'\nc: on\nd: \"on\"\ne: yes\nf: 1.0\ng: ~\nh:\ni: 'it''s'\nj: \"tab\\there\"\n"
+        );
+    }
+
+    #[test]
+    fn block_scalars_flow_collections_and_aliases() {
+        let src = "script: |\n  set -e\n  echo hi\nkeep: |+\n  x\n\nstrip: >-\n  folded\n  text\nflow: {a: [1, 2], b: []}\nbase: &b {x: 1}\ncopy: *b\nindented: |2\n    lead\n  next\n";
+        let out = roundtrip(src);
+        assert_eq!(
+            out,
+            "script: |\n  set -e\n  echo hi\nkeep: |+\n  x\n\nstrip: |-\n  folded text\nflow:\n  a:\n  - 1\n  - 2\n  b: []\nbase:\n  x: 1\ncopy:\n  x: 1\nindented: |2\n    lead\n  next\n"
+        );
+        // The written text parses back to the same tree (styles aside).
+        let again = parse_document(&out, 1).unwrap().unwrap();
+        assert_eq!(again.get("indented").unwrap().as_str(), Some("  lead\nnext\n"));
+        assert_eq!(again.get("keep").unwrap().as_str(), Some("x\n\n"));
+        assert_eq!(again.get("strip").unwrap().as_str(), Some("folded text"));
+    }
+
+    #[test]
+    fn nested_lists_and_empty_values() {
+        let src = "- - a\n  - b\n- {}\n- []\n-\n- k: v\n  l:\n  - 1\n- |2\n    lead\n  x\n";
+        assert_eq!(roundtrip(src), src);
+        let again = parse_document(&roundtrip(src), 1).unwrap().unwrap();
+        let Node::Seq(items, _) = again else { panic!() };
+        assert_eq!(items[6].as_str(), Some("  lead\nx\n"));
+    }
+
+    #[test]
+    fn tags_on_scalars_are_kept_and_on_collections_refused() {
+        assert_eq!(roundtrip("a: !!str 12\nb: !custom x\n"), "a: !!str 12\nb: !custom x\n");
+        let n = parse_document("a: !!map {x: 1}\n", 1).unwrap().unwrap();
+        assert_eq!(emit(&n), Err(EmitError::CollectionTag("a".into())));
+    }
+
+    #[test]
+    fn empty_documents_and_errors() {
+        assert_eq!(parse_document("# only a comment\n", 1), Ok(None));
+        assert_eq!(parse_document("---\n", 1), Ok(None));
+        let e = parse_document("a: [1,\n", 7).unwrap_err();
+        assert!(e.line >= 7, "{e}");
+    }
+
+    #[test]
+    fn new_strings_are_quoted_when_a_reader_could_take_them_for_something_else() {
+        let s = |v: &str| emit(&Node::map([("k", Node::str(v))])).unwrap();
+        assert_eq!(s("zen-proxy"), "k: zen-proxy\n");
+        assert_eq!(s("/readyz"), "k: /readyz\n");
+        assert_eq!(s("0.1.0"), "k: \"0.1.0\"\n");
+        assert_eq!(s("on"), "k: \"on\"\n");
+        assert_eq!(s("a: b"), "k: \"a: b\"\n");
+        assert_eq!(s("zen-mesh/zen-proxy:0.1.0"), "k: zen-mesh/zen-proxy:0.1.0\n");
+    }
+}
