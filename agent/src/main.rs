@@ -11,6 +11,7 @@ use http::Method;
 use std::time::Duration;
 
 use zen_agent::client::{self, SigningKey};
+use zen_agent::config::AgentConfig;
 use zen_agent::enroll::{enroll, EnrollRequest};
 use zen_agent::files::AgentFiles;
 use zen_agent::tls;
@@ -51,6 +52,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         client_dir: Option<PathBuf>,
     },
+    /// Run the agent: heartbeat, desired-state polling, SVID renewal and HMAC key pickup, until
+    /// SIGTERM or Ctrl-C. Logs go to stderr (RUST_LOG, default info).
+    Run {
+        /// agent.yaml (see config/dev/agent.yaml and agent/README.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// A curl for the mesh: mTLS with the enrolled SVID and a zen-hmac-v1 signature.
     Request {
         /// The agent's credential directory (svid.pem, svid.key, bundle.pem, hmac.json).
@@ -73,13 +81,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // `run` is a service: its state changes are worth seeing by default. The one-shot commands
+    // print their result and only warn.
+    let default_filter = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -139,6 +154,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { config } => {
+            let config = AgentConfig::load(&config)?;
+            zen_agent::run::run(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Request {
             dir,
             unsigned,
@@ -182,6 +202,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(22) // like `curl --fail`
             })
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, stopping"),
     }
 }
 

@@ -1,0 +1,359 @@
+//! `zen-agent run`: four loops over one [`Session`] until shutdown —
+//! heartbeat, desired-state polling, SVID renewal and HMAC key pickup.
+//!
+//! Failures back off exponentially with full jitter (connection errors, timeouts, 5xx, refusals);
+//! a refused key wakes the key pickup; a revoked identity is logged as such and keeps backing off
+//! at the slowest pace rather than spinning.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use zen_trust::time::UnixTime;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::desired::{DesiredState, Poll};
+use crate::files;
+use crate::keys::KeyError;
+use crate::renew::{self, RenewError};
+use crate::session::{classify, Outcome, Session, SessionError, SessionOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("{path}: {id} is not an agent ID (spiffe://<trust-domain>/cluster/<cluster-id>/agent/<agent-id>); `run` needs the cluster to poll its desired state", path = .path.display())]
+    NotAnAgent {
+        path: std::path::PathBuf,
+        id: String,
+    },
+    #[error("the {0} loop stopped unexpectedly: {1}")]
+    LoopFailed(&'static str, String),
+}
+
+/// Shared by the loops.
+struct Agent {
+    session: Session,
+    config: AgentConfig,
+    cluster_id: String,
+    /// Wakes the key pickup early: a heartbeat said a new key is waiting, or a key was refused.
+    key_wake: Notify,
+}
+
+/// Runs until `shutdown` resolves. Fails only at startup (unreadable credentials or a non-agent
+/// identity); afterwards every error is logged and retried.
+pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let session = Session::load(
+        &config.files_dir,
+        &config.server,
+        SessionOptions {
+            request_timeout: config.request_timeout,
+            key_unknown_patience: config.key_unknown_patience,
+        },
+    )?;
+    let cluster_id = session
+        .cluster_id()
+        .ok_or_else(|| RunError::NotAnAgent {
+            path: config.files_dir.join(files::SVID_CHAIN),
+            id: session.spiffe_id().to_string(),
+        })?
+        .to_owned();
+    let leaf = session.leaf();
+    tracing::info!(
+        spiffe_id = %session.spiffe_id(),
+        cluster = %cluster_id,
+        server = %session.server(),
+        svid_serial = %leaf.serial_hex,
+        svid_not_after = %leaf.not_after,
+        key_id = %session.key_id(),
+        "zen-agent running"
+    );
+    let agent = Arc::new(Agent {
+        session,
+        config,
+        cluster_id,
+        key_wake: Notify::new(),
+    });
+
+    let mut loops = JoinSet::new();
+    loops.spawn(heartbeat_loop(agent.clone()));
+    loops.spawn(desired_state_loop(agent.clone()));
+    loops.spawn(renew_loop(agent.clone()));
+    loops.spawn(key_loop(agent.clone()));
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        Some(ended) = loops.join_next() => {
+            // The loops never return; one ending means it panicked.
+            let detail = match ended {
+                Err(e) if e.is_panic() => "panicked".to_owned(),
+                Err(e) => e.to_string(),
+                Ok(name) => format!("{name} returned"),
+            };
+            Err(RunError::LoopFailed("agent", detail))
+        }
+    };
+    // Aborting is safe: files are written synchronously between awaits, and the ArcSwaps are
+    // swapped right after, so a loop is never cut between a write and its swap.
+    loops.shutdown().await;
+    tracing::info!("zen-agent stopped");
+    result
+}
+
+/// Logs a failed call by what it means and returns how long to wait before the next attempt.
+fn after_failure(
+    agent: &Agent,
+    what: &'static str,
+    outcome: &Outcome,
+    backoff: &mut Backoff,
+) -> Duration {
+    let wait = match outcome {
+        Outcome::Revoked(_) => {
+            // Nothing retrying can fix: go straight to the slowest pace.
+            while backoff.ceiling() < agent.config.backoff_max {
+                backoff.next_delay();
+            }
+            backoff.next_delay()
+        }
+        _ => backoff.next_delay(),
+    };
+    let retry_in = format!("{wait:?}");
+    match outcome {
+        Outcome::Success => {}
+        Outcome::Unavailable(why) => {
+            tracing::warn!(call = what, error = %why, %retry_in, "mesh unavailable")
+        }
+        Outcome::KeyRefused(code) => {
+            tracing::warn!(call = what, code = %code, key_id = %agent.session.key_id(), %retry_in, "HMAC key refused; asking control for the current key");
+            agent.key_wake.notify_one();
+        }
+        Outcome::Revoked(code) => {
+            tracing::error!(call = what, code = %code, spiffe_id = %agent.session.spiffe_id(), %retry_in, "identity revoked: the mesh refuses this agent; re-enroll it with a new token")
+        }
+        Outcome::Refused {
+            status,
+            code,
+            detail,
+        } => {
+            tracing::error!(call = what, status = %status, code = %code, detail = %detail, %retry_in, "request refused")
+        }
+    }
+    wait
+}
+
+async fn heartbeat_loop(agent: Arc<Agent>) -> &'static str {
+    let body = Bytes::from(
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "status": "ok",
+            "spiffe_id": agent.session.spiffe_id().as_str(),
+        })
+        .to_string(),
+    );
+    let mut backoff = Backoff::new(agent.config.backoff_min, agent.config.backoff_max);
+    loop {
+        let result = agent
+            .session
+            .call(Method::POST, "/agent/v1/heartbeat", &[], Some(body.clone()))
+            .await;
+        let wait = match classify(&result) {
+            Outcome::Success => {
+                backoff.reset();
+                let hint = result
+                    .ok()
+                    .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+                    .and_then(|v| v.pointer("/keys/new_key_available")?.as_bool());
+                tracing::debug!(new_key_available = hint, "heartbeat accepted");
+                if hint == Some(true) {
+                    agent.key_wake.notify_one();
+                }
+                agent.config.heartbeat_interval
+            }
+            outcome => after_failure(&agent, "heartbeat", &outcome, &mut backoff),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn desired_state_loop(agent: Arc<Agent>) -> &'static str {
+    let mut state = DesiredState::default();
+    let mut backoff = Backoff::new(agent.config.backoff_min, agent.config.backoff_max);
+    let mut told_not_set = false;
+    loop {
+        let polled = state.poll(&agent.session, &agent.cluster_id).await;
+        let wait = match polled {
+            Ok(Poll::Changed { etag, body }) => match write_desired_state(&agent, &body) {
+                Ok(()) => {
+                    tracing::info!(
+                        etag = etag.as_deref().unwrap_or("-"),
+                        bytes = body.len(),
+                        "desired state updated"
+                    );
+                    state.accept(etag, body);
+                    told_not_set = false;
+                    backoff.reset();
+                    agent.config.desired_state_interval
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::error!(error = %e, retry_in = ?wait, "cannot write the desired state");
+                    wait
+                }
+            },
+            Ok(Poll::NotModified) => {
+                tracing::debug!(
+                    etag = state.etag().unwrap_or("-"),
+                    "desired state not modified"
+                );
+                backoff.reset();
+                agent.config.desired_state_interval
+            }
+            Ok(Poll::NotSet) => {
+                if !told_not_set {
+                    tracing::info!(cluster = %agent.cluster_id, "no desired state set for the cluster yet");
+                    told_not_set = true;
+                }
+                state.clear();
+                backoff.reset();
+                agent.config.desired_state_interval
+            }
+            Ok(Poll::Other(response)) => after_failure(
+                &agent,
+                "desired-state",
+                &classify(&Ok(response)),
+                &mut backoff,
+            ),
+            Err(e) => after_failure(&agent, "desired-state", &classify(&Err(e)), &mut backoff),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn write_desired_state(agent: &Agent, body: &[u8]) -> Result<(), files::FilesError> {
+    match &agent.config.desired_state_file {
+        Some(path) => files::write_atomic(path, body, 0o644),
+        None => Ok(()),
+    }
+}
+
+/// The outcome a library error stands for, so every loop logs and backs off alike.
+fn outcome_of_refusal(status: http::StatusCode, code: &str, detail: String) -> Outcome {
+    let response = crate::client::Response {
+        status,
+        headers: http::HeaderMap::new(),
+        body: Bytes::from(serde_json::json!({"error": code, "detail": detail}).to_string()),
+    };
+    classify(&Ok(response))
+}
+
+async fn renew_loop(agent: Arc<Agent>) -> &'static str {
+    let mut backoff = Backoff::new(agent.config.backoff_min, agent.config.backoff_max);
+    loop {
+        let leaf = agent.session.leaf();
+        let due = renew::renew_at(leaf.not_before, leaf.not_after, agent.config.renew_fraction);
+        tracing::info!(serial = %leaf.serial_hex, not_after = %leaf.not_after, renew_at = %due, "next SVID renewal");
+        tokio::time::sleep(renew::until_renewal(
+            leaf.not_before,
+            leaf.not_after,
+            agent.config.renew_fraction,
+            UnixTime::now(),
+        ))
+        .await;
+        loop {
+            match agent.session.renew_svid().await {
+                Ok(r) => {
+                    tracing::info!(serial = %r.serial_hex, not_after = %r.not_after, bundle_written = r.bundle_written, "SVID renewed");
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    if UnixTime::now() >= leaf.not_after {
+                        tracing::error!(expired_at = %leaf.not_after, "the SVID has expired; the proxy will refuse the agent until a renewal succeeds or it is re-enrolled");
+                    }
+                    let wait = renew_failure(&agent, &e, &mut backoff);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn renew_failure(agent: &Agent, e: &RenewError, backoff: &mut Backoff) -> Duration {
+    let outcome = match e {
+        RenewError::Refused {
+            status,
+            code,
+            detail,
+        } => outcome_of_refusal(*status, code, detail.clone()),
+        RenewError::Call(e) => Outcome::Unavailable(e.to_string()),
+        other => {
+            let wait = backoff.next_delay();
+            tracing::error!(error = %other, retry_in = ?wait, "SVID renewal failed");
+            return wait;
+        }
+    };
+    after_failure(agent, "svid-renew", &outcome, backoff)
+}
+
+async fn key_loop(agent: Arc<Agent>) -> &'static str {
+    let mut backoff = Backoff::new(agent.config.backoff_min, agent.config.backoff_max);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(agent.config.hmac_key_interval) => {}
+            _ = agent.key_wake.notified() => {}
+        }
+        loop {
+            match agent.session.refresh_hmac_key().await {
+                Ok(r) => {
+                    match &r.switched_from {
+                        Some(old) => {
+                            tracing::info!(from = %old, to = %r.key_id, not_after = %r.not_after, "switched to the new HMAC key")
+                        }
+                        None => tracing::debug!(key_id = %r.key_id, "HMAC key is current"),
+                    }
+                    backoff.reset();
+                    break;
+                }
+                Err(e) => {
+                    let wait = key_failure(&agent, &e, &mut backoff);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn key_failure(agent: &Agent, e: &KeyError, backoff: &mut Backoff) -> Duration {
+    match e {
+        KeyError::Refused {
+            status,
+            code,
+            detail,
+        } => {
+            let outcome = outcome_of_refusal(*status, code, detail.clone());
+            if let Outcome::KeyRefused(code) = &outcome {
+                // The key pickup itself needs a valid key: a refused key with no successor
+                // known is the end of this identity's ability to sign.
+                let wait = backoff.next_delay();
+                tracing::error!(code = %code, key_id = %agent.session.key_id(), retry_in = ?wait, "the HMAC key is refused and no successor is known; the agent cannot sign requests until control offers a new key or it is re-enrolled");
+                return wait;
+            }
+            after_failure(agent, "hmac-key", &outcome, backoff)
+        }
+        KeyError::Call(e) => after_failure(
+            agent,
+            "hmac-key",
+            &Outcome::Unavailable(e.to_string()),
+            backoff,
+        ),
+        other => {
+            let wait = backoff.next_delay();
+            tracing::error!(error = %other, retry_in = ?wait, "HMAC key pickup failed");
+            wait
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! An enrolled agent's live credentials and the one way to call the mesh with them.
+//!
+//! The mTLS client config (with the SVID it presents) and the HMAC signing keys are each an
+//! `ArcSwap`: renewal and key pickup are their only writers, and every request `load()`s them once
+//! when it starts, so a swap never disturbs a request already in flight.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use rustls::ClientConfig;
+use rustls_pki_types::CertificateDer;
+use zen_trust::keys::HmacKeyFile;
+use zen_trust::spiffe::SpiffeId;
+use zen_trust::svid::{check_svid_leaf, SvidLeaf};
+use zen_trust::time::UnixTime;
+
+use crate::client::{self, ClientError, Response, SigningKey};
+use crate::files::{self, AgentFiles, FilesError};
+use crate::tls::{self, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("{path}: {source}")]
+    Tls { path: PathBuf, source: TlsError },
+}
+
+/// Why a call did not produce an HTTP response.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("no response from {url} within {after:?}")]
+    Timeout { url: String, after: Duration },
+}
+
+/// The SVID the agent presents, with the TLS config that presents it.
+pub struct Identity {
+    pub tls: Arc<ClientConfig>,
+    pub leaf: SvidLeaf,
+    /// The trust bundle the TLS config verifies the proxy with (kept for a renewal that returns
+    /// no new bundle).
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
+/// The keys the agent signs with.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    pub current: SigningKey,
+    pub current_not_after: UnixTime,
+    /// The key used before the last switch, while it is still valid: a proxy that has not yet
+    /// learned `current` (proxies learn keys by long-poll) still accepts it.
+    pub previous: Option<(SigningKey, UnixTime)>,
+}
+
+impl KeyRing {
+    pub fn from_file(file: HmacKeyFile) -> KeyRing {
+        KeyRing {
+            current: SigningKey {
+                key_id: file.key_id,
+                secret: Arc::new(file.secret),
+            },
+            current_not_after: file.not_after,
+            previous: None,
+        }
+    }
+
+    /// The fallback key, if it is still valid at `now`.
+    fn fallback(&self, now: UnixTime) -> Option<&SigningKey> {
+        self.previous
+            .as_ref()
+            .filter(|(_, not_after)| now < *not_after)
+            .map(|(key, _)| key)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub request_timeout: Duration,
+    pub key_unknown_patience: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            request_timeout: Duration::from_secs(10),
+            key_unknown_patience: Duration::from_secs(15),
+        }
+    }
+}
+
+pub struct Session {
+    dir: PathBuf,
+    server: String,
+    spiffe_id: SpiffeId,
+    pub(crate) identity: ArcSwap<Identity>,
+    pub(crate) keys: ArcSwap<KeyRing>,
+    options: SessionOptions,
+}
+
+/// The first certificate of the chain as an X.509-SVID; errors name `svid.pem`.
+pub(crate) fn leaf_of(
+    chain: &[CertificateDer<'static>],
+    path: &Path,
+) -> Result<SvidLeaf, FilesError> {
+    let first = chain.first().ok_or_else(|| FilesError::Invalid {
+        path: path.to_owned(),
+        what: "holds no certificate".into(),
+    })?;
+    check_svid_leaf(first, UnixTime::now()).map_err(|e| FilesError::Invalid {
+        path: path.to_owned(),
+        what: format!("the first certificate is not a usable SVID: {e} (re-enroll the agent)"),
+    })
+}
+
+impl Session {
+    /// Loads the credential directory (every error names the file) for calls to `server`
+    /// (`https://HOST:PORT`, the proxy's agent listener).
+    pub fn load(
+        dir: &Path,
+        server: &str,
+        options: SessionOptions,
+    ) -> Result<Session, SessionError> {
+        let files = AgentFiles::load(dir)?;
+        let chain_path = dir.join(files::SVID_CHAIN);
+        let leaf = leaf_of(&files.svid_chain, &chain_path)?;
+        let bundle = files.bundle.clone();
+        let tls = tls::mtls_config(&files.bundle, files.svid_chain, files.svid_key).map_err(
+            |source| SessionError::Tls {
+                path: match source {
+                    TlsError::BadRoot { .. } | TlsError::EmptyBundle => dir.join(files::BUNDLE),
+                    _ => chain_path.clone(),
+                },
+                source,
+            },
+        )?;
+        Ok(Session {
+            dir: dir.to_owned(),
+            server: server.trim_end_matches('/').to_owned(),
+            spiffe_id: leaf.spiffe_id.clone(),
+            identity: ArcSwap::from_pointee(Identity { tls, leaf, bundle }),
+            keys: ArcSwap::from_pointee(KeyRing::from_file(files.hmac)),
+            options,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
+    }
+
+    /// The cluster of an agent ID `spiffe://<td>/cluster/<cid>/agent/<aid>`.
+    pub fn cluster_id(&self) -> Option<&str> {
+        let segments: Vec<&str> = self.spiffe_id.segments().collect();
+        match segments.as_slice() {
+            ["cluster", cid, "agent", _] => Some(cid),
+            _ => None,
+        }
+    }
+
+    /// The SVID currently presented.
+    pub fn leaf(&self) -> SvidLeaf {
+        self.identity.load().leaf.clone()
+    }
+
+    /// The key requests are signed with now.
+    pub fn key_id(&self) -> String {
+        self.keys.load().current.key_id.clone()
+    }
+
+    pub fn key_ring(&self) -> Arc<KeyRing> {
+        self.keys.load_full()
+    }
+
+    /// Sends one signed request to `path` on the server. A `key_unknown` refusal is retried: at
+    /// once with the previous key if one is still valid, then every second for
+    /// `key_unknown_patience`; after that the refusal is returned.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<Response, CallError> {
+        let url = format!("{}{path}", self.server);
+        let deadline = tokio::time::Instant::now() + self.options.key_unknown_patience;
+        loop {
+            let tls = self.identity.load().tls.clone();
+            let ring = self.keys.load_full();
+            let response = self
+                .send_once(
+                    tls.clone(),
+                    &method,
+                    &url,
+                    headers,
+                    body.clone(),
+                    &ring.current,
+                )
+                .await?;
+            if !is_key_unknown(&response) {
+                return Ok(response);
+            }
+            if let Some(previous) = ring.fallback(UnixTime::now()) {
+                let retry = self
+                    .send_once(tls, &method, &url, headers, body.clone(), previous)
+                    .await?;
+                if !is_key_unknown(&retry) {
+                    tracing::debug!(key_id = %ring.current.key_id, "proxy does not know the new key yet; the previous key was accepted");
+                    return Ok(retry);
+                }
+            }
+            if tokio::time::Instant::now() + Duration::from_secs(1) > deadline {
+                return Ok(response);
+            }
+            tracing::debug!(key_id = %ring.current.key_id, %url, "key_unknown; the proxy may not have learned the key yet, retrying in 1s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        tls: Arc<ClientConfig>,
+        method: &Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+        key: &SigningKey,
+    ) -> Result<Response, CallError> {
+        let after = self.options.request_timeout;
+        tokio::time::timeout(
+            after,
+            client::send(tls, method.clone(), url, headers, body, Some(key)),
+        )
+        .await
+        .map_err(|_| CallError::Timeout {
+            url: url.to_owned(),
+            after,
+        })?
+        .map_err(CallError::from)
+    }
+}
+
+fn is_key_unknown(response: &Response) -> bool {
+    response.status == StatusCode::UNAUTHORIZED
+        && response.error_code().as_deref() == Some("key_unknown")
+}
+
+/// What a call's result means for the loop that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// 2xx or 304.
+    Success,
+    /// Connection error, timeout, 5xx or 429: try again after a backoff.
+    Unavailable(String),
+    /// The signing key is not accepted (`key_unknown`, `key_expired`, `key_revoked`): ask control
+    /// for the current key, then try again after a backoff.
+    KeyRefused(String),
+    /// The identity itself is revoked (`identity_revoked` from a proxy, `spiffe_revoked` from
+    /// control). Nothing the agent does fixes this; it keeps backing off at the slowest pace.
+    Revoked(String),
+    /// Any other refusal (4xx): a bug or a misconfiguration; logged, then backed off.
+    Refused {
+        status: StatusCode,
+        code: String,
+        detail: String,
+    },
+}
+
+pub fn classify(result: &Result<Response, CallError>) -> Outcome {
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => return Outcome::Unavailable(e.to_string()),
+    };
+    let status = response.status;
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        return Outcome::Success;
+    }
+    let code = response.error_code().unwrap_or_else(|| "unknown".into());
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Outcome::Unavailable(format!("{status} {code}"));
+    }
+    match code.as_str() {
+        "key_unknown" | "key_expired" | "key_revoked" => Outcome::KeyRefused(code),
+        "identity_revoked" | "spiffe_revoked" => Outcome::Revoked(code),
+        _ => Outcome::Refused {
+            status,
+            detail: detail_of(response),
+            code,
+        },
+    }
+}
+
+/// The `detail` of a JSON refusal, or the start of the body.
+pub fn detail_of(response: &Response) -> String {
+    serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| v.get("detail")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| {
+            String::from_utf8_lossy(&response.body)
+                .chars()
+                .take(200)
+                .collect()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn response(status: u16, body: &str) -> Result<Response, CallError> {
+        Ok(Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        })
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(classify(&response(200, "{}")), Outcome::Success);
+        assert_eq!(classify(&response(304, "")), Outcome::Success);
+        assert!(matches!(
+            classify(&response(502, r#"{"error":"upstream_unavailable"}"#)),
+            Outcome::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(&Err(CallError::Timeout {
+                url: "u".into(),
+                after: Duration::from_secs(1)
+            })),
+            Outcome::Unavailable(_)
+        ));
+        for code in ["key_unknown", "key_expired", "key_revoked"] {
+            assert_eq!(
+                classify(&response(401, &format!(r#"{{"error":"{code}"}}"#))),
+                Outcome::KeyRefused(code.into())
+            );
+        }
+        assert_eq!(
+            classify(&response(403, r#"{"error":"identity_revoked"}"#)),
+            Outcome::Revoked("identity_revoked".into())
+        );
+        assert_eq!(
+            classify(&response(403, r#"{"error":"spiffe_revoked","detail":"x"}"#)),
+            Outcome::Revoked("spiffe_revoked".into())
+        );
+        assert_eq!(
+            classify(&response(
+                403,
+                r#"{"error":"spiffe_forbidden","detail":"no"}"#
+            )),
+            Outcome::Refused {
+                status: StatusCode::FORBIDDEN,
+                code: "spiffe_forbidden".into(),
+                detail: "no".into()
+            }
+        );
+    }
+}
