@@ -15,7 +15,7 @@ use super::identity::Caller;
 use super::{parse_json, read_body};
 use crate::app::App;
 use crate::audit::{AuditKind, NewEvent};
-use crate::ca::{check_csr, CsrError};
+use crate::ca::{check_csr, granted_sans, CsrError};
 use crate::store::SvidRecord;
 
 /// Agents may only touch their own cluster's resources.
@@ -330,11 +330,13 @@ async fn renew_inner(app: &App, caller: &Caller, req: Request) -> Result<Value, 
             ApiError::SpiffeMismatch(format!("renewal is only for the caller's own ID: {e}"))
         }
     })?;
+    let sans =
+        granted_sans(&csr, &caller.spiffe_id).map_err(|e| ApiError::CsrInvalid(e.to_string()))?;
     let now = app.now();
     let ca = app.ca.view();
     let svid = ca
         .signing
-        .issue(&csr, id, now, app.cfg.svid_ttl)
+        .issue_with_sans(&csr, id, sans, now, app.cfg.svid_ttl)
         .map_err(ApiError::internal)?;
     let ev = NewEvent::new(
         now,

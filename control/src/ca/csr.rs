@@ -1,6 +1,8 @@
 //! CSR checks: parse, key strength, self-signature, and exactly the expected SPIFFE ID.
 
-use rcgen::{PublicKeyData, SignatureAlgorithm};
+use std::net::IpAddr;
+
+use rcgen::{PublicKeyData, SanType, SignatureAlgorithm};
 use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::oid_registry::{
@@ -8,6 +10,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
+use zen_trust::spiffe::SpiffeId;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsrError {
@@ -19,12 +22,55 @@ pub enum CsrError {
     SpiffeMismatch { found: String, expected: String },
 }
 
-/// A CSR that passed every check; carries only its public key.
+/// A CSR that passed every check: its public key, and the DNS/IP names it asks for (granted to
+/// proxy identities only, see [`granted_sans`]).
 #[derive(Debug, Clone)]
 pub struct CheckedCsr {
     public_key: Vec<u8>,
     alg: &'static SignatureAlgorithm,
     pub key_type: &'static str,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// At most this many DNS + IP names in one serving SVID.
+pub const MAX_SERVING_SANS: usize = 16;
+
+/// The DNS/IP SANs an SVID for `id` gets from its CSR. Only a proxy (`spiffe://<td>/proxy/<name>`)
+/// serves TLS to ordinary clients by host name (DESIGN §2); for every other identity the requested
+/// names are not issued (the SVID carries the SPIFFE URI only), as before proxies enrolled.
+pub fn granted_sans(csr: &CheckedCsr, id: &SpiffeId) -> Result<Vec<SanType>, CsrError> {
+    if !crate::api::identity::is_proxy(id) {
+        return Ok(Vec::new());
+    }
+    if csr.dns.len() + csr.ips.len() > MAX_SERVING_SANS {
+        return Err(CsrError::Invalid(format!(
+            "CSR asks for {} DNS/IP names, at most {MAX_SERVING_SANS} are issued",
+            csr.dns.len() + csr.ips.len()
+        )));
+    }
+    let mut sans = Vec::with_capacity(csr.dns.len() + csr.ips.len());
+    for name in &csr.dns {
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            });
+        if !valid {
+            return Err(CsrError::Invalid(format!(
+                "CSR DNS name {name:?} is not a host name"
+            )));
+        }
+        let ia5 = name
+            .clone()
+            .try_into()
+            .map_err(|_| CsrError::Invalid(format!("CSR DNS name {name:?} is not IA5")))?;
+        sans.push(SanType::DnsName(ia5));
+    }
+    sans.extend(csr.ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    Ok(sans)
 }
 
 impl PublicKeyData for CheckedCsr {
@@ -91,13 +137,20 @@ pub fn check_csr(pem_text: &str, expected_spiffe_id: &str) -> Result<CheckedCsr,
     csr.verify_signature()
         .map_err(|_| invalid("CSR self-signature does not verify"))?;
 
-    let mut uris = Vec::new();
+    let (mut uris, mut dns, mut ips) = (Vec::new(), Vec::new(), Vec::new());
     if let Some(exts) = csr.requested_extensions() {
         for ext in exts {
             if let ParsedExtension::SubjectAlternativeName(san) = ext {
                 for name in &san.general_names {
-                    if let GeneralName::URI(u) = name {
-                        uris.push(u.to_string());
+                    match name {
+                        GeneralName::URI(u) => uris.push(u.to_string()),
+                        GeneralName::DNSName(d) => dns.push(d.to_string()),
+                        GeneralName::IPAddress(b) => {
+                            ips.push(ip_from_bytes(b).ok_or_else(|| {
+                                invalid("CSR IP address SAN is neither 4 nor 16 bytes")
+                            })?)
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -109,6 +162,8 @@ pub fn check_csr(pem_text: &str, expected_spiffe_id: &str) -> Result<CheckedCsr,
             public_key: spki.subject_public_key.data.to_vec(),
             alg,
             key_type,
+            dns,
+            ips,
         }),
         [one] => Err(CsrError::SpiffeMismatch {
             found: one.clone(),
@@ -118,6 +173,14 @@ pub fn check_csr(pem_text: &str, expected_spiffe_id: &str) -> Result<CheckedCsr,
             found: many.join(", "),
             expected: expected_spiffe_id.to_string(),
         }),
+    }
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
     }
 }
 
@@ -179,6 +242,55 @@ pub(crate) mod tests {
         assert!(matches!(
             check_csr(&csr_with(ID, &key), ID),
             Err(CsrError::KeyTooWeak(_))
+        ));
+    }
+
+    fn csr_with_names(id: &str, dns: &[&str], ips: &[&str]) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
+        for d in dns {
+            p.subject_alt_names
+                .push(SanType::DnsName(d.to_string().try_into().unwrap()));
+        }
+        for ip in ips {
+            p.subject_alt_names
+                .push(SanType::IpAddress(ip.parse().unwrap()));
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn dns_and_ip_names_are_granted_to_proxies_only() {
+        let proxy = "spiffe://zen.local/proxy/p1";
+        let csr = check_csr(
+            &csr_with_names(proxy, &["localhost"], &["127.0.0.1", "::1"]),
+            proxy,
+        )
+        .unwrap();
+        assert_eq!(csr.dns, vec!["localhost".to_string()]);
+        assert_eq!(csr.ips.len(), 2);
+        let granted = granted_sans(&csr, &SpiffeId::parse(proxy).unwrap()).unwrap();
+        assert_eq!(granted.len(), 3);
+
+        // An agent asking for host names gets its SPIFFE URI only.
+        let csr = check_csr(&csr_with_names(ID, &["localhost"], &["127.0.0.1"]), ID).unwrap();
+        assert!(granted_sans(&csr, &SpiffeId::parse(ID).unwrap())
+            .unwrap()
+            .is_empty());
+
+        // A proxy may not ask for a wildcard or for too many names.
+        let csr = check_csr(&csr_with_names(proxy, &["*.example.com"], &[]), proxy).unwrap();
+        assert!(matches!(
+            granted_sans(&csr, &SpiffeId::parse(proxy).unwrap()),
+            Err(CsrError::Invalid(_))
+        ));
+        let many: Vec<String> = (0..17).map(|i| format!("h{i}.local")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let csr = check_csr(&csr_with_names(proxy, &many, &[]), proxy).unwrap();
+        assert!(matches!(
+            granted_sans(&csr, &SpiffeId::parse(proxy).unwrap()),
+            Err(CsrError::Invalid(_))
         ));
     }
 

@@ -6,7 +6,7 @@ mod csr;
 mod manager;
 mod operator_issue;
 
-pub use csr::{check_csr, CheckedCsr, CsrError};
+pub use csr::{check_csr, granted_sans, CheckedCsr, CsrError};
 pub use manager::{rotate, tick, CaManager, CaView};
 pub use operator_issue::issue_for_operator;
 

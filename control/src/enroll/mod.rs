@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::api::identity::{agent_cluster, Caller};
 use crate::app::App;
 use crate::audit::{AuditKind, NewEvent};
-use crate::ca::{check_csr, random_id, CsrError};
+use crate::ca::{check_csr, granted_sans, random_id, CsrError};
 use crate::store::{
     EnrollmentCommit, EnrollmentRecord, EnrollmentState, StoreError, SvidRecord, TokenRecord,
 };
@@ -247,10 +247,11 @@ async fn request_inner(
         e @ CsrError::SpiffeMismatch { .. } => ApiError::SpiffeMismatch(e.to_string()),
     })?;
 
+    let sans = granted_sans(&csr, &owner).map_err(|e| ApiError::CsrInvalid(e.to_string()))?;
     let ca = app.ca.view();
     let svid = ca
         .signing
-        .issue(&csr, owner.as_str(), now, app.cfg.svid_ttl)
+        .issue_with_sans(&csr, owner.as_str(), sans, now, app.cfg.svid_ttl)
         .map_err(ApiError::internal)?;
     let (key, key_secret) = crate::keys::issue(
         &app.custody,
