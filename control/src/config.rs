@@ -76,6 +76,8 @@ struct RawConfig {
     proxy_sync: RawProxySync,
     #[serde(default)]
     controller: RawController,
+    #[serde(default)]
+    testing: RawTesting,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -121,6 +123,13 @@ struct RawController {
     interval: Option<String>,
 }
 
+/// Test-only switches; a production config has no `testing:` section.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTesting {
+    short_svid_ttl: Option<bool>,
+}
+
 /// Existing CA material used on first start instead of generating a root + intermediate.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -153,6 +162,9 @@ pub struct Config {
     pub key_grace: Duration,
     pub long_poll_timeout: Duration,
     pub controller_interval: Duration,
+    /// `testing.short_svid_ttl`: lowers the `svid.ttl` floor from 60 s to 5 s so end-to-end tests
+    /// can watch a whole CA rotation (the old root leaves only after `svid.ttl`) within a minute.
+    pub testing_short_svid_ttl: bool,
 }
 
 fn dur(
@@ -273,6 +285,7 @@ impl Config {
                 &raw.controller.interval,
                 Duration::from_secs(5),
             )?,
+            testing_short_svid_ttl: raw.testing.short_svid_ttl.unwrap_or(false),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -285,8 +298,10 @@ impl Config {
                 "must be shorter than hmac.key_lifetime",
             ));
         }
-        if self.svid_ttl.as_secs() < 60 {
-            return Err(invalid("svid.ttl", "must be at least 60s"));
+        // Below a minute every agent renews more than once a minute; only tests want that.
+        let floor = if self.testing_short_svid_ttl { 5 } else { 60 };
+        if self.svid_ttl.as_secs() < floor {
+            return Err(invalid("svid.ttl", format!("must be at least {floor}s")));
         }
         if self.svid_ttl >= self.ca_intermediate_ttl {
             return Err(invalid(
@@ -390,5 +405,14 @@ mod tests {
         assert!(Config::parse("hmac: {key_lifetime: 1h, grace: 2h}\n").is_err());
         assert!(Config::parse("bogus: 1\n").is_err());
         assert!(Config::parse("trust_domain: Zen.Local\n").is_err());
+        assert!(Config::parse("svid: {ttl: 20s}\n").is_err());
+    }
+
+    #[test]
+    fn short_svid_ttl_only_with_the_testing_switch() {
+        let c = Config::parse("svid: {ttl: 20s}\ntesting: {short_svid_ttl: true}\n").unwrap();
+        assert_eq!(c.svid_ttl, Duration::from_secs(20));
+        assert!(Config::parse("svid: {ttl: 4s}\ntesting: {short_svid_ttl: true}\n").is_err());
+        assert!(!Config::dev_defaults().testing_short_svid_ttl);
     }
 }

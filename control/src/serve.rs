@@ -27,6 +27,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         api = %cfg.listen, admin = %cfg.admin_listen, socket = %cfg.socket.display(),
         data_dir = %cfg.data_dir.display(), "zen-control serving"
     );
+    if cfg.testing_short_svid_ttl {
+        tracing::warn!(
+            svid_ttl_secs = cfg.svid_ttl.as_secs(),
+            "testing.short_svid_ttl is on: SVID lifetimes below 60s are allowed (test-only)"
+        );
+    }
 
     let controller = app.spawn_controller();
     let ops_task = tokio::spawn(crate::operator::server::serve(Arc::clone(&app), ops));

@@ -162,6 +162,9 @@ pub async fn heartbeat(
         "status": "ok",
         "server_time": UnixTime(app.now()),
         "keys": key_hint(&app, &caller).await?,
+        // A CA rotation's new root reaches agents here, long before the proxy serves a certificate
+        // issued by it (ca.propagation_delay); the agent rewrites bundle.pem when this differs.
+        "trust_bundle_pem": app.ca.view().bundle_pem.clone(),
     })))
 }
 
@@ -214,6 +217,7 @@ pub async fn heartbeats(
         "results": results,
         "server_time": UnixTime(app.now()),
         "keys": key_hint(&app, &caller).await?,
+        "trust_bundle_pem": app.ca.view().bundle_pem.clone(),
     })))
 }
 
@@ -367,7 +371,7 @@ async fn renew_inner(app: &App, caller: &Caller, req: Request) -> Result<Value, 
         "svid_chain_pem": svid.chain_pem,
         "trust_bundle_pem": ca.bundle_pem,
         "serial": svid.serial_hex,
-        "renew_after": UnixTime(svid.not_before + (svid.not_after - svid.not_before) / 2),
+        "renew_after": UnixTime(svid.renew_after()),
         "expires_at": UnixTime(svid.not_after),
     }))
 }

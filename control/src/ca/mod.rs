@@ -118,9 +118,19 @@ pub struct IssuedSvid {
     /// Leaf then intermediate.
     pub chain_pem: String,
     pub serial_hex: String,
+    /// Backdated for clock skew; `issued_at` is when it was signed.
     pub not_before: i64,
+    pub issued_at: i64,
     pub not_after: i64,
     pub leaf_sha256: String,
+}
+
+impl IssuedSvid {
+    /// Halfway through the lifetime counted from issuance (not from the backdated `not_before`,
+    /// which would make a short-lived SVID due for renewal the moment it is issued).
+    pub fn renew_after(&self) -> i64 {
+        self.issued_at + (self.not_after - self.issued_at) / 2
+    }
 }
 
 /// The CA that currently signs SVIDs.
@@ -223,6 +233,7 @@ impl SigningCa {
             chain_pem,
             serial_hex: hex::encode(serial),
             not_before,
+            issued_at: now,
             not_after,
             leaf_sha256,
         })
@@ -257,6 +268,7 @@ mod tests {
             .issue(&csr, id, 1_800_000_000, Duration::from_secs(86400))
             .unwrap();
         assert_eq!(svid.not_after - 1_800_000_000, 86400);
+        assert_eq!(svid.renew_after(), 1_800_000_000 + 43200);
         assert_eq!(svid.serial_hex.len(), 32);
         let pems: Vec<_> = x509_parser::pem::Pem::iter_from_buffer(svid.chain_pem.as_bytes())
             .collect::<Result<_, _>>()

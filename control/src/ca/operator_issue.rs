@@ -36,6 +36,16 @@ pub async fn issue_for_operator(
         sans.push(SanType::DnsName(ia5));
     }
     sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    // A CA rotation retires the old root `svid.ttl` after it stops issuing; a longer-lived SVID
+    // would outlive its root and be refused by every relying party before it expires.
+    if let Some(t) = ttl.filter(|t| *t > app.cfg.svid_ttl) {
+        anyhow::bail!(
+            "--ttl {}s is longer than svid.ttl ({}s): a CA rotation removes the old root svid.ttl \
+             after it stops issuing, so the SVID would stop verifying before it expires",
+            t.as_secs(),
+            app.cfg.svid_ttl.as_secs()
+        );
+    }
     let now = app.now();
     let ca = app.ca.view();
     let svid = ca.signing.issue_with_sans(

@@ -330,6 +330,7 @@ async fn request_inner(
         Err(StoreError::TokenUsed) => return Err(ApiError::TokenUsed),
         Err(e) => return Err(e.into()),
     }
+    let renew_after = UnixTime(svid.renew_after());
     Ok(EnrollmentBundle {
         spiffe_id: owner,
         svid_chain_pem: svid.chain_pem,
@@ -339,7 +340,7 @@ async fn request_inner(
             secret: key_secret,
             not_after: UnixTime(key.not_after),
         },
-        renew_after: UnixTime(svid.not_before + (svid.not_after - svid.not_before) / 2),
+        renew_after,
         expires_at: UnixTime(svid.not_after),
         enrollment_id,
     })
