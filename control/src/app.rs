@@ -100,6 +100,10 @@ impl App {
             sync,
         });
         app.refresh_gauges().await?;
+        // The proxy state is read from the store once here; changes are then applied row by row.
+        crate::keys::sync::current_state(&app)
+            .await
+            .context("loading the proxy state (keys, revocations)")?;
         Ok(app)
     }
 

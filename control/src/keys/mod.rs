@@ -2,6 +2,7 @@
 //! proxies verify with. A key lives `hmac.key_lifetime`; `hmac.grace` before it ends a successor
 //! is issued and both are valid until the old one's end.
 
+mod mirror;
 pub mod sync;
 
 use std::collections::BTreeMap;

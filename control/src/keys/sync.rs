@@ -1,21 +1,30 @@
 //! Proxy sync: the versioned state every proxy mirrors (key set with secrets, trust bundle,
 //! revocations, policy version). Committed changes publish their new version on a watch
-//! channel; long-polls wait on it. The serialized state is cached per version so many
-//! waiting proxies cost one build.
+//! channel; long-polls wait on it. The state itself is a [`StateMirror`] kept in memory and
+//! brought forward with the rows changed since its version; its rendering is cached per
+//! version so many waiting proxies cost one build.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use zen_trust::keys::ProxyState;
-use zen_trust::spiffe::SpiffeId;
 
+use super::mirror::{Rendered, StateMirror};
 use crate::app::App;
+use crate::ca::CaView;
 
 pub struct SyncHub {
     tx: watch::Sender<u64>,
-    /// (version, body, key count, valid until): a cached body also goes stale when a key in it ends.
-    cache: Mutex<Option<(u64, Bytes, usize, i64)>>,
+    /// An async mutex because it is held across the store read that brings the mirror forward:
+    /// the proxies woken by one change wait for one update instead of each reading the rows.
+    state: tokio::sync::Mutex<HubState>,
+}
+
+#[derive(Default)]
+struct HubState {
+    mirror: StateMirror,
+    /// The last rendering and the CA view it carries (a CA change replaces the view).
+    rendered: Option<(Rendered, Arc<CaView>)>,
 }
 
 impl std::fmt::Debug for SyncHub {
@@ -38,7 +47,7 @@ impl SyncHub {
     pub fn new(version: u64) -> Self {
         Self {
             tx: watch::Sender::new(version),
-            cache: Mutex::new(None),
+            state: tokio::sync::Mutex::new(HubState::default()),
         }
     }
 
@@ -62,56 +71,50 @@ impl SyncHub {
     }
 }
 
-/// Builds (or reuses) the proxy state at the current version.
+/// The proxy state at the store's current version: the cached body when nothing changed,
+/// otherwise the mirror is brought forward (a full load the first time) and re-rendered.
 pub async fn current_state(app: &App) -> anyhow::Result<BuiltState> {
     let version = app.store.state_version().await?;
     let now = app.now();
-    if let Some((v, body, keys, until)) = app.sync.cache.lock().expect("cache lock").as_ref() {
-        if *v == version && now < *until {
-            return Ok(BuiltState {
-                version,
-                body: body.clone(),
-                keys: *keys,
-            });
+    let ca = app.ca.view();
+    let mut st = app.sync.state.lock().await;
+    if let Some((r, r_ca)) = &st.rendered {
+        if r.version == version && now < r.valid_until && Arc::ptr_eq(r_ca, &ca) {
+            return Ok(built(r));
         }
     }
-    let records = app.store.live_keys(now).await?;
-    let mut keys = Vec::with_capacity(records.len());
-    for k in &records {
-        keys.push(super::to_entry(&app.custody, k)?);
-    }
-    let mut revoked_spiffe_ids = Vec::new();
-    for id in app.store.revoked_ids().await? {
-        revoked_spiffe_ids.push(
-            SpiffeId::parse(&id).map_err(|e| anyhow::anyhow!("stored revoked id `{id}`: {e}"))?,
-        );
-    }
-    let serials = app.store.revoked_serials(now).await?;
-    let valid_until = records
-        .iter()
-        .map(|k| k.not_after)
-        .chain(serials.iter().map(|r| r.not_after))
-        .min()
-        .unwrap_or(i64::MAX);
-    let revoked_serials = serials.into_iter().map(|r| r.serial).collect();
-    let state = ProxyState {
-        version,
-        trust_domain: app.cfg.trust_domain.clone(),
-        trust_bundle_pem: app.ca.view().bundle_pem.clone(),
-        keys,
-        revoked_spiffe_ids,
-        revoked_serials,
-        policy_version: app.store.policy_version().await?,
+    let since = match st.mirror.version() {
+        // A store behind the mirror was restored from a backup: start over from it.
+        Some(held) if held > version => {
+            tracing::warn!(
+                held,
+                store = version,
+                "store state version went back; reloading the proxy state"
+            );
+            st.mirror = StateMirror::default();
+            None
+        }
+        held => held,
     };
-    let n = state.keys.len();
-    let body = Bytes::from(serde_json::to_vec(&state)?);
-    *app.sync.cache.lock().expect("cache lock") = Some((version, body.clone(), n, valid_until));
-    app.sync.publish(version);
-    Ok(BuiltState {
-        version,
-        body,
-        keys: n,
-    })
+    if since != Some(version) {
+        let rows = app.store.proxy_state_rows(since, now).await?;
+        st.mirror.apply(rows, &app.custody)?;
+    }
+    let r = st
+        .mirror
+        .render(now, &app.cfg.trust_domain, &ca.bundle_pem)?;
+    app.sync.publish(r.version);
+    let out = built(&r);
+    st.rendered = Some((r, ca));
+    Ok(out)
+}
+
+fn built(r: &Rendered) -> BuiltState {
+    BuiltState {
+        version: r.version,
+        body: r.body.clone(),
+        keys: r.keys,
+    }
 }
 
 /// Waits until the state is newer than `known` or `timeout` passes; the waiter gauge counts it.

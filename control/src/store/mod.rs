@@ -225,6 +225,18 @@ pub struct RevokedSerial {
     pub not_after: i64,
 }
 
+/// The rows the proxy state is built from, read in one snapshot (see
+/// [`Store::proxy_state_rows`]).
+#[derive(Debug, Clone, Default)]
+pub struct StateRows {
+    /// `state_version` of the snapshot: every transaction up to it is included.
+    pub version: u64,
+    pub policy_version: u64,
+    pub keys: Vec<KeyRecord>,
+    pub revoked_ids: Vec<String>,
+    pub revoked_serials: Vec<RevokedSerial>,
+}
+
 /// A per-cluster document as stored.
 #[derive(Debug, Clone)]
 pub struct ClusterDoc {
@@ -302,6 +314,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revoked_ids(&self) -> StoreResult<Vec<String>>;
     /// Revoked serials whose certificate has not expired at `now` (expired ones need no list).
     async fn revoked_serials(&self, now: i64) -> StoreResult<Vec<RevokedSerial>>;
+    /// The proxy state's rows in one consistent snapshot. `since: None`: every key and revoked
+    /// serial still valid at `now` and every revoked ID. `since: Some(v)`: only the rows written
+    /// by transactions that produced a state version above `v` (whatever their validity), so a
+    /// caller holding the state at `v` applies them and is at `version`. Implementations stamp
+    /// each such row with the `state_version` of the transaction that writes it.
+    async fn proxy_state_rows(&self, since: Option<u64>, now: i64) -> StoreResult<StateRows>;
 
     // --- clusters
     async fn set_desired_state(

@@ -174,6 +174,14 @@ fn agent_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
     })
 }
 
+fn revoked_serial_row(r: &SqliteRow) -> StoreResult<RevokedSerial> {
+    Ok(RevokedSerial {
+        serial: r.try_get("serial")?,
+        spiffe_id: r.try_get("spiffe_id")?,
+        not_after: r.try_get("not_after")?,
+    })
+}
+
 fn audit_row(r: &SqliteRow) -> StoreResult<AuditRecord> {
     Ok(AuditRecord {
         seq: r.try_get("seq")?,
@@ -187,10 +195,11 @@ fn audit_row(r: &SqliteRow) -> StoreResult<AuditRecord> {
     })
 }
 
-async fn insert_key(tx: &mut Tx, k: &KeyRecord) -> StoreResult<()> {
+/// `rev` is the state version of the inserting transaction (see migration 0002).
+async fn insert_key(tx: &mut Tx, k: &KeyRecord, rev: u64) -> StoreResult<()> {
     sqlx::query(
-        "INSERT INTO hmac_keys (key_id, owner, secret_enc, not_before, not_after, status, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO hmac_keys (key_id, owner, secret_enc, not_before, not_after, status, created_at, rev) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&k.key_id)
     .bind(&k.owner)
@@ -199,6 +208,7 @@ async fn insert_key(tx: &mut Tx, k: &KeyRecord) -> StoreResult<()> {
     .bind(k.not_after)
     .bind(k.status.as_str())
     .bind(k.created_at)
+    .bind(rev as i64)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -389,6 +399,7 @@ impl Store for SqliteStore {
         if n != 1 {
             return Err(StoreError::TokenUsed);
         }
+        let v = bump(&mut tx, "state_version").await?;
         let e = &c.enrollment;
         sqlx::query(
             "INSERT INTO enrollments (id, spiffe_id, token_id, created_at, confirm_by, status, svid_serial, key_id, leaf_sha256) \
@@ -417,9 +428,8 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         insert_svid(&mut tx, &c.svid).await?;
-        insert_key(&mut tx, &c.key).await?;
+        insert_key(&mut tx, &c.key, v).await?;
         append_events(&mut tx, &c.events).await?;
-        let v = bump(&mut tx, "state_version").await?;
         tx.commit().await?;
         Ok(v)
     }
@@ -483,15 +493,18 @@ impl Store for SqliteStore {
             )));
         };
         let e = enrollment_row(&row)?;
-        sqlx::query("UPDATE hmac_keys SET status = 'revoked' WHERE key_id = ?")
+        let v = bump(&mut tx, "state_version").await?;
+        sqlx::query("UPDATE hmac_keys SET status = 'revoked', rev = ? WHERE key_id = ?")
+            .bind(v as i64)
             .bind(&e.key_id)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT OR IGNORE INTO revoked_serials (serial, spiffe_id, revoked_at, not_after, reason) \
-             SELECT serial, spiffe_id, ?, not_after, 'enrollment_not_confirmed' FROM svids WHERE serial = ?",
+            "INSERT OR IGNORE INTO revoked_serials (serial, spiffe_id, revoked_at, not_after, reason, rev) \
+             SELECT serial, spiffe_id, ?, not_after, 'enrollment_not_confirmed', ? FROM svids WHERE serial = ?",
         )
         .bind(now)
+        .bind(v as i64)
         .bind(&e.svid_serial)
         .execute(&mut *tx)
         .await?;
@@ -502,7 +515,6 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         append_events(&mut tx, &[event]).await?;
-        let v = bump(&mut tx, "state_version").await?;
         tx.commit().await?;
         Ok(v)
     }
@@ -534,21 +546,22 @@ impl Store for SqliteStore {
 
     async fn apply_key_rotation(&self, rot: KeyRotation) -> StoreResult<u64> {
         let (_g, mut tx) = self.begin().await?;
+        let v = bump(&mut tx, "state_version").await?;
         for (key_id, not_after) in &rot.retiring {
             sqlx::query(
-                "UPDATE hmac_keys SET status = 'retiring', not_after = MIN(not_after, ?) \
+                "UPDATE hmac_keys SET status = 'retiring', not_after = MIN(not_after, ?), rev = ? \
                  WHERE key_id = ? AND status != 'revoked'",
             )
             .bind(not_after)
+            .bind(v as i64)
             .bind(key_id)
             .execute(&mut *tx)
             .await?;
         }
         for k in &rot.new_keys {
-            insert_key(&mut tx, k).await?;
+            insert_key(&mut tx, k, v).await?;
         }
         append_events(&mut tx, &rot.events).await?;
-        let v = bump(&mut tx, "state_version").await?;
         tx.commit().await?;
         Ok(v)
     }
@@ -617,27 +630,33 @@ impl Store for SqliteStore {
         event: NewEvent,
     ) -> StoreResult<(RevokeSummary, u64)> {
         let (_g, mut tx) = self.begin().await?;
+        let v = bump(&mut tx, "state_version").await?;
         let keys = sqlx::query(
-            "UPDATE hmac_keys SET status = 'revoked' WHERE owner = ? AND status != 'revoked'",
+            "UPDATE hmac_keys SET status = 'revoked', rev = ? WHERE owner = ? AND status != 'revoked'",
         )
+        .bind(v as i64)
         .bind(spiffe_id)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let serials: Vec<String> = sqlx::query_scalar(
-            "INSERT OR IGNORE INTO revoked_serials (serial, spiffe_id, revoked_at, not_after, reason) \
-             SELECT serial, spiffe_id, ?, not_after, 'agent_revoked' FROM svids WHERE spiffe_id = ? \
+            "INSERT OR IGNORE INTO revoked_serials (serial, spiffe_id, revoked_at, not_after, reason, rev) \
+             SELECT serial, spiffe_id, ?, not_after, 'agent_revoked', ? FROM svids WHERE spiffe_id = ? \
              RETURNING serial",
         )
         .bind(now)
+        .bind(v as i64)
         .bind(spiffe_id)
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("INSERT OR IGNORE INTO revoked_ids (spiffe_id, revoked_at) VALUES (?, ?)")
-            .bind(spiffe_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO revoked_ids (spiffe_id, revoked_at, rev) VALUES (?, ?, ?)",
+        )
+        .bind(spiffe_id)
+        .bind(now)
+        .bind(v as i64)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE agents SET status = 'revoked', revoked_at = ? WHERE spiffe_id = ?")
             .bind(now)
             .bind(spiffe_id)
@@ -651,7 +670,6 @@ impl Store for SqliteStore {
         event.detail["keys_revoked"] = serde_json::json!(summary.keys_revoked);
         event.detail["serials_revoked"] = serde_json::json!(summary.serials_revoked);
         append_events(&mut tx, &[event]).await?;
-        let v = bump(&mut tx, "state_version").await?;
         tx.commit().await?;
         Ok((summary, v))
     }
@@ -671,15 +689,72 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedSerial {
-                    serial: r.try_get("serial")?,
-                    spiffe_id: r.try_get("spiffe_id")?,
-                    not_after: r.try_get("not_after")?,
-                })
-            })
-            .collect()
+        rows.iter().map(revoked_serial_row).collect()
+    }
+
+    async fn proxy_state_rows(&self, since: Option<u64>, now: i64) -> StoreResult<StateRows> {
+        // One read transaction: the counters and the rows come from the same WAL snapshot, so
+        // every row written by a transaction up to `version` is included and none after it.
+        let mut tx = self.pool.begin().await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = 'state_version'")
+                .fetch_one(&mut *tx)
+                .await?;
+        let policy_version: i64 =
+            sqlx::query_scalar("SELECT value FROM counters WHERE name = 'policy_version'")
+                .fetch_one(&mut *tx)
+                .await?;
+        let (keys, ids, serials) = match since {
+            None => (
+                sqlx::query("SELECT * FROM hmac_keys WHERE not_after > ? ORDER BY key_id")
+                    .bind(now)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                sqlx::query_scalar("SELECT spiffe_id FROM revoked_ids ORDER BY spiffe_id")
+                    .fetch_all(&mut *tx)
+                    .await?,
+                sqlx::query(
+                    "SELECT serial, spiffe_id, not_after FROM revoked_serials WHERE not_after > ? \
+                     ORDER BY serial",
+                )
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?,
+            ),
+            Some(since) => {
+                let since = since as i64;
+                (
+                    sqlx::query("SELECT * FROM hmac_keys WHERE rev > ? ORDER BY key_id")
+                        .bind(since)
+                        .fetch_all(&mut *tx)
+                        .await?,
+                    sqlx::query_scalar(
+                        "SELECT spiffe_id FROM revoked_ids WHERE rev > ? ORDER BY spiffe_id",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                    sqlx::query(
+                        "SELECT serial, spiffe_id, not_after FROM revoked_serials WHERE rev > ? \
+                         ORDER BY serial",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *tx)
+                    .await?,
+                )
+            }
+        };
+        tx.commit().await?;
+        Ok(StateRows {
+            version: version as u64,
+            policy_version: policy_version as u64,
+            keys: keys.iter().map(key_row).collect::<StoreResult<_>>()?,
+            revoked_ids: ids,
+            revoked_serials: serials
+                .iter()
+                .map(revoked_serial_row)
+                .collect::<StoreResult<_>>()?,
+        })
     }
 
     async fn set_desired_state(

@@ -78,8 +78,36 @@ async fn bench_long_poll_with_10000_keys() {
         assert_eq!(r.status, 200);
     }
     warm.sort();
-    // A waiting poll woken by a change (rebuild included).
+    // A waiting poll woken by a change: one that touches no key, then one that revokes a key.
     let h = Arc::new(h);
+    let policy = woken_by(
+        &h,
+        OpRequest::ClusterSetAllowlist {
+            cluster: "c1".into(),
+            entries: json!([]),
+        },
+    )
+    .await;
+    let revoke = woken_by(
+        &h,
+        OpRequest::AgentRevoke {
+            spiffe_id: agent_id("bench", "a77"),
+        },
+    )
+    .await;
+    println!(
+        "BENCH long-poll 10,000 keys: cold build {:?}, cached answer median {:?} (max {:?}), \
+         change->answer {:?} (allowlist set), {:?} (agent revoke)",
+        cold,
+        warm[warm.len() / 2],
+        warm[warm.len() - 1],
+        policy,
+        revoke
+    );
+}
+
+/// Time from the `change` to the answer of a long-poll that was waiting for it.
+async fn woken_by(h: &Arc<Harness>, change: OpRequest) -> std::time::Duration {
     let known = h.app.sync.version();
     let poll = {
         let h = h.clone();
@@ -100,20 +128,9 @@ async fn bench_long_poll_with_10000_keys() {
         tokio::task::yield_now().await;
     }
     let t = Instant::now();
-    h.op(OpRequest::ClusterSetAllowlist {
-        cluster: "c1".into(),
-        entries: json!([]),
-    })
-    .await;
+    h.op(change).await;
     let (r, done) = poll.await.unwrap();
-    let woken = done - t;
     assert_eq!(r.status, 200);
     assert!(r.json()["version"].as_u64().unwrap() > known);
-    println!(
-        "BENCH long-poll 10,000 keys: cold build {:?}, cached answer median {:?} (max {:?}), change->answer {:?}",
-        cold,
-        warm[warm.len() / 2],
-        warm[warm.len() - 1],
-        woken
-    );
+    done - t
 }
