@@ -77,20 +77,24 @@ pub async fn renew_svid(dir: &Path, server: &str) -> Result<Renewed, RenewError>
     session.renew_svid().await
 }
 
-/// When an SVID valid `not_before..not_after` is due for renewal: after `fraction` of its lifetime.
-pub fn renew_at(not_before: UnixTime, not_after: UnixTime, fraction: f64) -> UnixTime {
-    let lifetime = (not_after.as_secs() - not_before.as_secs()).max(0) as f64;
-    UnixTime(not_before.as_secs() + (lifetime * fraction).round() as i64)
-}
-
-/// How long from `now` until renewal is due (zero when it is already due).
-pub fn until_renewal(
+/// When an SVID valid `not_before..not_after`, obtained at `obtained_at`, is due for renewal:
+/// after `fraction` of its lifetime. The lifetime starts at the later of `notBefore` and when the
+/// agent obtained it, because CAs backdate `notBefore` for clock skew (zen-control by 60 s): a
+/// 60 s SVID backdated 60 s would otherwise be due the moment it arrives. The result is always
+/// before `not_after`.
+pub fn renew_at(
     not_before: UnixTime,
     not_after: UnixTime,
+    obtained_at: UnixTime,
     fraction: f64,
-    now: UnixTime,
-) -> Duration {
-    let due = renew_at(not_before, not_after, fraction);
+) -> UnixTime {
+    let start = not_before.max(obtained_at).min(not_after);
+    let lifetime = (not_after.as_secs() - start.as_secs()) as f64;
+    UnixTime(start.as_secs() + (lifetime * fraction).round() as i64)
+}
+
+/// How long from `now` until `due` (zero when it has passed).
+pub fn until(due: UnixTime, now: UnixTime) -> Duration {
     Duration::from_secs(u64::try_from(due.as_secs() - now.as_secs()).unwrap_or(0))
 }
 
@@ -126,14 +130,22 @@ impl Session {
                 self.spiffe_id()
             )));
         }
-        let bundle = match &answer.trust_bundle_pem {
-            Some(pem) => files::parse_certs(pem.as_bytes())
-                .map_err(|e| RenewError::BadResponse(format!("trust_bundle_pem {e}")))?,
-            None => self.identity.load().bundle.clone(),
+        let new_bundle = match &answer.trust_bundle_pem {
+            Some(pem) => Some(
+                files::parse_certs(pem.as_bytes())
+                    .map_err(|e| RenewError::BadResponse(format!("trust_bundle_pem {e}")))?,
+            ),
+            None => None,
         };
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(keys.key_pem.as_bytes())
             .map_err(|e| RenewError::BadResponse(format!("the new key does not parse: {e}")))?;
-        let tls = tls::mtls_config(&bundle, chain, key)?;
+
+        let _writer = self
+            .identity_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bundle = new_bundle.unwrap_or_else(|| self.identity.load().bundle.clone());
+        let identity = Identity::build(chain, key, bundle, leaf.clone(), UnixTime::now())?;
 
         // The key first and the chain last: a reader that sees a new svid.pem also sees its key.
         let dir = self.dir();
@@ -154,8 +166,7 @@ impl Session {
             not_after: leaf.not_after,
             bundle_written: answer.trust_bundle_pem.is_some(),
         };
-        self.identity
-            .store(std::sync::Arc::new(Identity { tls, leaf, bundle }));
+        self.identity.store(std::sync::Arc::new(identity));
         Ok(renewed)
     }
 }
@@ -175,20 +186,39 @@ mod tests {
     #[test]
     fn renewal_is_due_at_the_fraction_of_the_lifetime() {
         let (nb, na) = (UnixTime(1_000), UnixTime(1_000 + 86_400));
-        assert_eq!(renew_at(nb, na, 0.5), UnixTime(1_000 + 43_200));
-        assert_eq!(renew_at(nb, na, 0.25), UnixTime(1_000 + 21_600));
+        assert_eq!(renew_at(nb, na, nb, 0.5), UnixTime(1_000 + 43_200));
+        assert_eq!(renew_at(nb, na, nb, 0.25), UnixTime(1_000 + 21_600));
+        let due = renew_at(nb, na, nb, 0.5);
         assert_eq!(
-            until_renewal(nb, na, 0.5, UnixTime(1_000 + 40_000)),
+            until(due, UnixTime(1_000 + 40_000)),
             Duration::from_secs(3_200)
         );
         assert_eq!(
-            until_renewal(nb, na, 0.5, UnixTime(1_000 + 50_000)),
+            until(due, UnixTime(1_000 + 50_000)),
             Duration::ZERO,
             "overdue renews now"
         );
-        // A 60 s SVID at the default fraction renews 30 s after notBefore.
-        assert_eq!(renew_at(UnixTime(0), UnixTime(60), 0.5), UnixTime(30));
+    }
+
+    #[test]
+    fn a_backdated_not_before_does_not_make_a_fresh_svid_due() {
+        // zen-control backdates notBefore by 60 s: a 60 s SVID issued at t=1000 reads 940..1060.
+        let (nb, na, issued) = (UnixTime(940), UnixTime(1_060), UnixTime(1_000));
+        assert_eq!(
+            renew_at(nb, na, nb, 0.5),
+            UnixTime(1_000),
+            "by notBefore alone: due at once"
+        );
+        assert_eq!(renew_at(nb, na, issued, 0.5), UnixTime(1_030));
+        assert_eq!(renew_at(nb, na, issued, 0.2), UnixTime(1_012));
+        // Obtained before notBefore (clock skew): notBefore wins.
+        assert_eq!(renew_at(nb, na, UnixTime(900), 0.5), UnixTime(1_000));
+        // Obtained after it expired (e.g. a copied file): due at notAfter, never later.
+        assert_eq!(renew_at(nb, na, UnixTime(2_000), 0.5), na);
         // A broken certificate whose notAfter precedes notBefore is due at once.
-        assert_eq!(renew_at(UnixTime(100), UnixTime(50), 0.5), UnixTime(100));
+        assert_eq!(
+            renew_at(UnixTime(100), UnixTime(50), UnixTime(100), 0.5),
+            UnixTime(50)
+        );
     }
 }

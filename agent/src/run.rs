@@ -163,19 +163,40 @@ async fn heartbeat_loop(agent: Arc<Agent>) -> &'static str {
         let wait = match classify(&result) {
             Outcome::Success => {
                 backoff.reset();
-                let hint = result
+                let answer = result
                     .ok()
                     .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
-                    .and_then(|v| v.pointer("/keys/new_key_available")?.as_bool());
+                    .unwrap_or_default();
+                let hint = answer
+                    .pointer("/keys/new_key_available")
+                    .and_then(|v| v.as_bool());
                 tracing::debug!(new_key_available = hint, "heartbeat accepted");
                 if hint == Some(true) {
                     agent.key_wake.notify_one();
+                }
+                if let Some(pem) = answer.get("trust_bundle_pem").and_then(|v| v.as_str()) {
+                    apply_bundle(&agent, pem);
                 }
                 agent.config.heartbeat_interval
             }
             outcome => after_failure(&agent, "heartbeat", &outcome, &mut backoff),
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// A CA rotation's new root reaches the agent with its heartbeats, before any proxy serves a
+/// certificate issued by it.
+fn apply_bundle(agent: &Agent, pem: &str) {
+    match agent.session.update_bundle(pem) {
+        Ok(true) => tracing::info!(
+            roots = agent.session.identity().bundle.len(),
+            "trust bundle updated"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "cannot apply the trust bundle control sent; keeping the current one")
+        }
     }
 }
 
@@ -253,16 +274,12 @@ fn outcome_of_refusal(status: http::StatusCode, code: &str, detail: String) -> O
 async fn renew_loop(agent: Arc<Agent>) -> &'static str {
     let mut backoff = Backoff::new(agent.config.backoff_min, agent.config.backoff_max);
     loop {
-        let leaf = agent.session.leaf();
-        let due = renew::renew_at(leaf.not_before, leaf.not_after, agent.config.renew_fraction);
+        let identity = agent.session.identity();
+        let leaf = identity.leaf.clone();
+        let due = identity.renew_at(agent.config.renew_fraction);
+        drop(identity);
         tracing::info!(serial = %leaf.serial_hex, not_after = %leaf.not_after, renew_at = %due, "next SVID renewal");
-        tokio::time::sleep(renew::until_renewal(
-            leaf.not_before,
-            leaf.not_after,
-            agent.config.renew_fraction,
-            UnixTime::now(),
-        ))
-        .await;
+        tokio::time::sleep(renew::until(due, UnixTime::now())).await;
         loop {
             match agent.session.renew_svid().await {
                 Ok(r) => {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use rustls::ClientConfig;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use zen_trust::keys::HmacKeyFile;
 use zen_trust::spiffe::SpiffeId;
 use zen_trust::svid::{check_svid_leaf, SvidLeaf};
@@ -30,6 +30,16 @@ pub enum SessionError {
     Tls { path: PathBuf, source: TlsError },
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("trust bundle from control: {0}")]
+    Invalid(String),
+    #[error("trust bundle from control: {0}")]
+    Tls(TlsError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+}
+
 /// Why a call did not produce an HTTP response.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -39,13 +49,48 @@ pub enum CallError {
     Timeout { url: String, after: Duration },
 }
 
-/// The SVID the agent presents, with the TLS config that presents it.
+/// The SVID the agent presents, with the TLS config that presents it and what it was built from
+/// (so a new trust bundle can be applied without touching the SVID, and the reverse).
 pub struct Identity {
     pub tls: Arc<ClientConfig>,
     pub leaf: SvidLeaf,
-    /// The trust bundle the TLS config verifies the proxy with (kept for a renewal that returns
-    /// no new bundle).
+    /// When the agent obtained this SVID (the renewal, or `svid.pem`'s mtime at startup). CAs
+    /// backdate `notBefore` for clock skew, so the lifetime that matters starts here.
+    pub obtained_at: UnixTime,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+    /// The trust bundle the TLS config verifies the proxy with.
     pub bundle: Vec<CertificateDer<'static>>,
+}
+
+impl Identity {
+    pub fn build(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+        leaf: SvidLeaf,
+        obtained_at: UnixTime,
+    ) -> Result<Identity, TlsError> {
+        let tls = tls::mtls_config(&bundle, chain.clone(), key.clone_key())?;
+        Ok(Identity {
+            tls,
+            leaf,
+            obtained_at,
+            chain,
+            key: Arc::new(key),
+            bundle,
+        })
+    }
+
+    /// When this SVID is due for renewal, after `fraction` of its lifetime.
+    pub fn renew_at(&self, fraction: f64) -> UnixTime {
+        crate::renew::renew_at(
+            self.leaf.not_before,
+            self.leaf.not_after,
+            self.obtained_at,
+            fraction,
+        )
+    }
 }
 
 /// The keys the agent signs with.
@@ -100,6 +145,9 @@ pub struct Session {
     spiffe_id: SpiffeId,
     pub(crate) identity: ArcSwap<Identity>,
     pub(crate) keys: ArcSwap<KeyRing>,
+    /// Serialises the writers of `identity` (renewal, trust bundle update) so neither undoes the
+    /// other. Never taken on the request path, never held across an await.
+    pub(crate) identity_writer: std::sync::Mutex<()>,
     options: SessionOptions,
 }
 
@@ -129,22 +177,34 @@ impl Session {
         let files = AgentFiles::load(dir)?;
         let chain_path = dir.join(files::SVID_CHAIN);
         let leaf = leaf_of(&files.svid_chain, &chain_path)?;
-        let bundle = files.bundle.clone();
-        let tls = tls::mtls_config(&files.bundle, files.svid_chain, files.svid_key).map_err(
-            |source| SessionError::Tls {
-                path: match source {
-                    TlsError::BadRoot { .. } | TlsError::EmptyBundle => dir.join(files::BUNDLE),
-                    _ => chain_path.clone(),
-                },
-                source,
+        let obtained_at = std::fs::metadata(&chain_path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| UnixTime(d.as_secs() as i64).min(UnixTime::now()))
+            .unwrap_or(leaf.not_before);
+        let spiffe_id = leaf.spiffe_id.clone();
+        let identity = Identity::build(
+            files.svid_chain,
+            files.svid_key,
+            files.bundle,
+            leaf,
+            obtained_at,
+        )
+        .map_err(|source| SessionError::Tls {
+            path: match source {
+                TlsError::BadRoot { .. } | TlsError::EmptyBundle => dir.join(files::BUNDLE),
+                _ => chain_path.clone(),
             },
-        )?;
+            source,
+        })?;
         Ok(Session {
             dir: dir.to_owned(),
             server: server.trim_end_matches('/').to_owned(),
-            spiffe_id: leaf.spiffe_id.clone(),
-            identity: ArcSwap::from_pointee(Identity { tls, leaf, bundle }),
+            spiffe_id,
+            identity: ArcSwap::from_pointee(identity),
             keys: ArcSwap::from_pointee(KeyRing::from_file(files.hmac)),
+            identity_writer: std::sync::Mutex::new(()),
             options,
         })
     }
@@ -173,6 +233,35 @@ impl Session {
     /// The SVID currently presented.
     pub fn leaf(&self) -> SvidLeaf {
         self.identity.load().leaf.clone()
+    }
+
+    pub fn identity(&self) -> Arc<Identity> {
+        self.identity.load_full()
+    }
+
+    /// Applies a trust bundle control sent (PEM). Returns false when it is the one in use;
+    /// otherwise writes `bundle.pem` atomically and swaps the TLS config.
+    pub fn update_bundle(&self, pem: &str) -> Result<bool, BundleError> {
+        let bundle = files::parse_certs(pem.as_bytes()).map_err(BundleError::Invalid)?;
+        let _writer = self
+            .identity_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.identity.load_full();
+        if current.bundle == bundle {
+            return Ok(false);
+        }
+        let identity = Identity::build(
+            current.chain.clone(),
+            current.key.clone_key(),
+            bundle,
+            current.leaf.clone(),
+            current.obtained_at,
+        )
+        .map_err(BundleError::Tls)?;
+        files::write_atomic(&self.dir.join(files::BUNDLE), pem.as_bytes(), 0o644)?;
+        self.identity.store(Arc::new(identity));
+        Ok(true)
     }
 
     /// The key requests are signed with now.
