@@ -1,0 +1,259 @@
+//! `zen-agent run` — the real binary against the real stack: heartbeats reach control, the desired
+//! state reaches the agent's output file (and unchanged polls are answered 304), the SVID is renewed
+//! before it expires, a key rotation moves hmac.json to the new key, requests keep succeeding
+//! throughout, and SIGTERM stops the agent with exit status 0.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use zen_e2e::{binary, wait_until, Proc, RecordingUpstream, Stack, StackOptions};
+use zen_trust::svid::{check_svid_leaf, pem_to_der_chain, SvidLeaf};
+use zen_trust::time::UnixTime;
+
+use super::{Agent, AGENT_C1};
+
+fn leaf(dir: &Path) -> SvidLeaf {
+    let pem = std::fs::read(dir.join("svid.pem")).expect("svid.pem");
+    let chain = pem_to_der_chain(&pem).expect("svid.pem chain");
+    check_svid_leaf(&chain[0], UnixTime::now()).expect("svid.pem leaf")
+}
+
+fn key_id(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("hmac.json")).expect("hmac.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("hmac.json JSON");
+    v["key_id"].as_str().expect("key_id").to_owned()
+}
+
+/// The agent's row in `zen-control agent list --output json`.
+fn agent_row(stack: &Stack) -> serde_json::Value {
+    let out = stack
+        .control_cli(&["agent", "list", "--output", "json"])
+        .expect("agent list");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("agent list JSON");
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["spiffe_id"] == AGENT_C1)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn last_seen(stack: &Stack) -> i64 {
+    agent_row(stack)["last_seen"].as_i64().unwrap_or(0)
+}
+
+/// Waits until control records a heartbeat newer than `after` (whole seconds).
+async fn heartbeat_after(stack: &Stack, after: i64, what: &str) {
+    wait_until(what, Duration::from_secs(10), || async move {
+        last_seen(stack) > after
+    })
+    .await
+    .unwrap();
+}
+
+fn set_desired_state(stack: &Stack, doc: &str) {
+    let file = stack.path("desired-in.json");
+    std::fs::write(&file, doc).unwrap();
+    let out = stack
+        .control_cli(&[
+            "cluster",
+            "set-desired-state",
+            "--cluster",
+            "c1",
+            "--file",
+            &file.display().to_string(),
+        ])
+        .unwrap();
+    assert!(out.contains("ETag"), "{out}");
+}
+
+async fn desired_file_is(path: &Path, want: serde_json::Value) {
+    let path = path.to_owned();
+    wait_until(
+        "the desired state in the agent's file",
+        Duration::from_secs(10),
+        || {
+            let (path, want) = (path.clone(), want.clone());
+            async move {
+                std::fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .is_some_and(|v| v == want)
+            }
+        },
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_heartbeats_polls_desired_state_renews_svid_and_follows_key_rotation() {
+    let saas = RecordingUpstream::start().await.unwrap();
+    // The shortest SVID control allows; renew_fraction 0.2 brings the renewal ~12 s after enrollment.
+    let stack = Stack::start_with(
+        saas.port,
+        StackOptions {
+            control_yaml: "svid:\n  ttl: 60s\n".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = stack.path("a1");
+    stack
+        .enroll(&stack.token(AGENT_C1).unwrap(), AGENT_C1, &dir)
+        .unwrap();
+    let enrolled = leaf(&dir);
+    let first_key = key_id(&dir);
+
+    let desired = stack.path("desired-state.json");
+    let config = stack.path("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "files_dir: {dir}\nserver: {server}\nheartbeat_interval: 1s\n\
+             desired_state_interval: 500ms\ndesired_state_file: {desired}\nrenew_fraction: 0.2\n\
+             backoff_min: 200ms\nbackoff_max: 2s\n",
+            dir = dir.display(),
+            server = stack.agent_url(""),
+            desired = desired.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary("zen-agent").unwrap());
+    cmd.args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "zen_agent=debug");
+    let mut agent = Proc::spawn("zen-agent-run", &mut cmd, stack.dir.path()).unwrap();
+
+    // Heartbeats arrive, with the agent's version.
+    heartbeat_after(&stack, 0, "the first heartbeat").await;
+    assert_eq!(
+        agent_row(&stack)["agent_version"],
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        agent_row(&stack)
+    );
+
+    // The desired state reaches the output file; an unchanged document is answered 304; a new one
+    // replaces it.
+    set_desired_state(&stack, r#"{"replicas": 3, "image": "zen/app:1"}"#);
+    desired_file_is(
+        &desired,
+        serde_json::json!({"replicas": 3, "image": "zen/app:1"}),
+    )
+    .await;
+    wait_until(
+        "a 304 for the unchanged document",
+        Duration::from_secs(5),
+        || {
+            let log = agent.log();
+            async move { log.contains("desired state not modified") }
+        },
+    )
+    .await
+    .unwrap();
+    set_desired_state(&stack, r#"{"replicas": 5, "image": "zen/app:2"}"#);
+    desired_file_is(
+        &desired,
+        serde_json::json!({"replicas": 5, "image": "zen/app:2"}),
+    )
+    .await;
+
+    // The SVID is renewed (new serial, later notAfter), the key stays private, and the agent goes on
+    // with the new one.
+    let d = dir.clone();
+    wait_until("the SVID renewal", Duration::from_secs(25), || {
+        let d = d.clone();
+        let serial = enrolled.serial_hex.clone();
+        async move { leaf(&d).serial_hex != serial }
+    })
+    .await
+    .unwrap();
+    let renewed = leaf(&dir);
+    assert!(
+        renewed.not_after > enrolled.not_after,
+        "{renewed:?} vs {enrolled:?}"
+    );
+    assert_eq!(renewed.spiffe_id, enrolled.spiffe_id);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("svid.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    heartbeat_after(
+        &stack,
+        last_seen(&stack),
+        "a heartbeat with the renewed SVID",
+    )
+    .await;
+
+    // A forced key rotation: the agent learns of the new key from its heartbeat, switches to it and
+    // writes hmac.json; its requests keep being accepted.
+    stack
+        .control_cli(&["keys", "rotate", "--spiffe-id", AGENT_C1])
+        .unwrap();
+    let d = dir.clone();
+    wait_until(
+        "hmac.json to move to the new key",
+        Duration::from_secs(15),
+        || {
+            let (d, first) = (d.clone(), first_key.clone());
+            async move { key_id(&d) != first }
+        },
+    )
+    .await
+    .unwrap();
+    heartbeat_after(
+        &stack,
+        last_seen(&stack),
+        "a heartbeat signed with the new key",
+    )
+    .await;
+
+    // The files on disk are a working credential set: a request made with them is accepted.
+    let files = Agent::load(&dir);
+    let response = files
+        .send(Method::GET, &stack.agent_url("/saas/v1/echo"), &[], None)
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
+    agent.check_alive().unwrap();
+    let log = agent.log();
+    for bad in [
+        "request refused",
+        "identity revoked",
+        "mesh unavailable",
+        "cannot",
+    ] {
+        assert!(!log.contains(bad), "agent log has {bad:?}:\n{log}");
+    }
+    assert!(
+        log.contains("SVID renewed") && log.contains("switched to the new HMAC key"),
+        "{log}"
+    );
+
+    // SIGTERM: a clean stop with exit status 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &agent.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exit = String::new();
+    for _ in 0..100 {
+        if let Err(e) = agent.check_alive() {
+            exit = e.to_string();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        exit.contains("exit status: 0"),
+        "agent did not stop cleanly: {exit}"
+    );
+    assert!(agent.log().contains("zen-agent stopped"));
+}
