@@ -7,8 +7,12 @@ mod accepted;
 mod client;
 #[path = "proxy/config.rs"]
 mod config;
+#[path = "proxy/csi_swap.rs"]
+mod csi_swap;
 #[path = "proxy/harness.rs"]
 mod harness;
+#[path = "proxy/inject.rs"]
+mod inject;
 #[path = "proxy/pki.rs"]
 mod pki;
 #[path = "proxy/refusals.rs"]

@@ -46,8 +46,9 @@ pub struct Args {
     pub cpu_limit: Option<String>,
     #[arg(long, value_parser = quantity)]
     pub memory_limit: Option<String>,
-    /// User and group id the sidecar runs as (never 0: runAsNonRoot).
-    #[arg(long, default_value_t = 65532, value_parser = clap::value_parser!(u32).range(1..))]
+    /// User and group id the sidecar runs as (never 0: runAsNonRoot); the
+    /// project's Dockerfile creates user 10001.
+    #[arg(long, default_value_t = 10001, value_parser = clap::value_parser!(u32).range(1..))]
     pub uid: u32,
 }
 
@@ -124,7 +125,8 @@ fn label(f: &mut fmt::Formatter<'_>, kind: &Option<String>, name: &Option<String
     match (kind, name) {
         (Some(k), Some(n)) => write!(f, " ({k} {n})"),
         (Some(k), None) => write!(f, " ({k})"),
-        (None, _) => Ok(()),
+        (None, Some(n)) => write!(f, " ({n})"),
+        (None, None) => Ok(()),
     }
 }
 
@@ -185,9 +187,7 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
         match result {
             Ok((root, true)) => match yaml::emit(&root) {
                 Ok(text) => {
-                    if chunk.explicit_start {
-                        output.push_str("---\n");
-                    }
+                    output.push_str(&head(&chunk));
                     output.push_str(&text);
                 }
                 Err(e) => errors.push(InjectError {
@@ -204,6 +204,32 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
     } else {
         Err(errors)
     }
+}
+
+/// The `---` line and the comment lines before a document's content: kept
+/// when the document is rewritten (the rewrite itself has no comments).
+fn head(chunk: &stream::Chunk<'_>) -> String {
+    let mut head = String::new();
+    let mut lines = chunk.text.split_inclusive('\n');
+    if chunk.explicit_start {
+        let marker = lines.next().unwrap_or_default();
+        let rest = marker.trim_end().trim_start_matches('-').trim_start();
+        if rest.is_empty() || rest.starts_with('#') {
+            head.push_str(marker);
+        } else {
+            head.push_str("---\n");
+            return head;
+        }
+    }
+    for line in lines {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            head.push_str(line);
+        } else {
+            break;
+        }
+    }
+    head
 }
 
 /// Injects one document (an object or a `List` of them); true when it changed.
@@ -224,7 +250,11 @@ fn inject_document(
         return Ok(outcome.changed());
     }
     let items = match root.get_mut("items") {
-        None => return Err(Reason::Missing { field: "items".into() }),
+        None => {
+            return Err(Reason::Missing {
+                field: "items".into(),
+            })
+        }
         Some(n) if n.is_null() => return Ok(false),
         Some(Node::Seq(items, _)) => items,
         Some(n) => {
@@ -292,7 +322,10 @@ pub fn run(args: &Args) -> ExitCode {
         done.output
     };
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zen-proxy inject: cannot write the result: {e}");

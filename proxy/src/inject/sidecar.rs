@@ -74,6 +74,8 @@ impl Sidecar {
             ("name", Node::str(CONTAINER)),
             ("image", Node::str(&self.image)),
             ("imagePullPolicy", Node::str(&self.image_pull_policy)),
+            // Explicit, so any image with zen-proxy on its PATH works whatever its entrypoint.
+            ("command", Node::seq([Node::str("zen-proxy")])),
             (
                 "args",
                 Node::seq([

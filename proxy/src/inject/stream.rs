@@ -100,7 +100,10 @@ mod tests {
 
     #[test]
     fn crlf_and_lookalikes() {
-        assert_eq!(texts("a: 1\r\n---\r\nb: 2\r\n"), vec!["a: 1\r\n", "---\r\nb: 2\r\n"]);
+        assert_eq!(
+            texts("a: 1\r\n---\r\nb: 2\r\n"),
+            vec!["a: 1\r\n", "---\r\nb: 2\r\n"]
+        );
         assert_eq!(texts("----\nx: ---\n"), vec!["----\nx: ---\n"]);
         assert!(split("").is_empty());
     }

@@ -12,7 +12,7 @@ pub enum Reason {
     Yaml(String),
     #[error("{0}")]
     Emit(String),
-    #[error("is {0}, not a mapping (a Kubernetes object)")]
+    #[error("is {0}, not a Kubernetes object (a mapping)")]
     NotAnObject(&'static str),
     #[error("has no kind")]
     NoKind,
@@ -28,7 +28,7 @@ pub enum Reason {
     Empty { field: String },
     #[error("{field} already has a volume named {name:?} but no {container} container; rename that volume", container = sidecar::CONTAINER)]
     VolumeTaken { field: String, name: &'static str },
-    #[error("{field}: container {container:?} already uses port {port}, which the zen-proxy sidecar listens on")]
+    #[error("{field} is {port}, a port the zen-proxy sidecar listens on (container {container:?}; a pod's containers share one network namespace)")]
     PortTaken {
         field: String,
         container: String,
@@ -210,7 +210,11 @@ fn named_containers<'a>(
             });
         }
         let name = match c.get("name") {
-            None => return Err(Reason::Missing { field: format!("{at}.name") }),
+            None => {
+                return Err(Reason::Missing {
+                    field: format!("{at}.name"),
+                })
+            }
             Some(n) => n.as_str().ok_or(Reason::NotAString {
                 field: format!("{at}.name"),
                 found: n.shape(),
@@ -282,15 +286,15 @@ pub fn inject(obj: &mut Node, kind: &str, sidecar: &Sidecar) -> Result<Outcome, 
 
     for (key, list_of) in [("containers", &containers), ("initContainers", &init)] {
         for (i, (name, c)) in list_of.iter().enumerate() {
-            let field = format!("{base}.{key}[{i}].ports");
-            for p in list(c, "ports", &field)? {
+            let ports = format!("{base}.{key}[{i}].ports");
+            for (j, p) in list(c, "ports", &ports)?.iter().enumerate() {
                 let port = p
                     .get("containerPort")
                     .and_then(Node::as_str)
                     .and_then(|s| s.parse::<u16>().ok());
                 if let Some((_, taken)) = sidecar::PORTS.iter().find(|(_, n)| Some(*n) == port) {
                     return Err(Reason::PortTaken {
-                        field,
+                        field: format!("{ports}[{j}].containerPort"),
                         container: name.clone(),
                         port: *taken,
                     });

@@ -23,11 +23,19 @@ pub struct Scalar {
     pub tag: Option<Tag>,
 }
 
+/// Tag and style of a mapping or list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Props {
+    pub tag: Option<Tag>,
+    /// Written `{…}` / `[…]` on one line; kept so, unless inject adds to it.
+    pub flow: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     Scalar(Scalar),
-    Seq(Vec<Node>, Option<Tag>),
-    Map(Vec<(Node, Node)>, Option<Tag>),
+    Seq(Vec<Node>, Props),
+    Map(Vec<(Node, Node)>, Props),
 }
 
 impl Node {
@@ -64,13 +72,16 @@ impl Node {
 
     pub fn map<'a>(entries: impl IntoIterator<Item = (&'a str, Node)>) -> Node {
         Node::Map(
-            entries.into_iter().map(|(k, v)| (Node::str(k), v)).collect(),
-            None,
+            entries
+                .into_iter()
+                .map(|(k, v)| (Node::str(k), v))
+                .collect(),
+            Props::default(),
         )
     }
 
     pub fn seq(items: impl IntoIterator<Item = Node>) -> Node {
-        Node::Seq(items.into_iter().collect(), None)
+        Node::Seq(items.into_iter().collect(), Props::default())
     }
 
     /// The scalar's text (for keys, names and kinds; style does not matter there).
@@ -118,11 +129,13 @@ impl Node {
     }
 
     /// The value under `key` of this mapping; a missing or null value is
-    /// first set to `empty`. Callers have checked that `self` is a mapping.
+    /// first set to `empty`. Callers have checked that `self` is a mapping;
+    /// it is written in block style from now on, as it is being changed.
     pub fn entry(&mut self, key: &str, empty: Node) -> &mut Node {
-        let Node::Map(entries, _) = self else {
+        let Node::Map(entries, props) = self else {
             unreachable!("entry() on a checked mapping")
         };
+        props.flow = false;
         let at = match entries.iter().position(|(k, _)| k.as_str() == Some(key)) {
             Some(i) => {
                 if entries[i].1.is_null() {
@@ -142,7 +155,8 @@ impl Node {
 impl Node {
     /// Appends to a list (callers have checked that `self` is one).
     pub fn push(&mut self, item: Node) {
-        if let Node::Seq(items, _) = self {
+        if let Node::Seq(items, props) = self {
+            props.flow = false;
             items.push(item);
         }
     }
@@ -187,6 +201,7 @@ pub struct ParseError {
 pub fn parse_document(text: &str, first_line: usize) -> Result<Option<Node>, ParseError> {
     let mut b = Builder {
         parser: Parser::new_from_str(text),
+        chars: text.chars().collect(),
         anchors: HashMap::new(),
         first_line,
     };
@@ -212,6 +227,8 @@ pub fn parse_document(text: &str, first_line: usize) -> Result<Option<Node>, Par
 
 struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
+    /// The text by char (markers count chars), to see `{` / `[` openings.
+    chars: Vec<char>,
     anchors: HashMap<usize, Node>,
     first_line: usize,
 }
@@ -233,6 +250,11 @@ impl Builder<'_> {
         }
     }
 
+    /// A collection that opened with `open` and closed on the same line.
+    fn one_line_flow(&self, start: Marker, end: Marker, open: char) -> bool {
+        self.chars.get(start.index()) == Some(&open) && start.line() == end.line()
+    }
+
     fn node(&mut self, ev: Event, mark: Marker, depth: usize) -> Result<Node, ParseError> {
         if depth > MAX_DEPTH {
             return Err(self.error(mark, "nested too deeply"));
@@ -243,28 +265,30 @@ impl Builder<'_> {
             }
             Event::SequenceStart(anchor, tag) => {
                 let mut items = Vec::new();
-                loop {
-                    let (ev, mark) = self.next()?;
+                let end = loop {
+                    let (ev, m) = self.next()?;
                     if ev == Event::SequenceEnd {
-                        break;
+                        break m;
                     }
-                    items.push(self.node(ev, mark, depth + 1)?);
-                }
-                (Node::Seq(items, tag), anchor)
+                    items.push(self.node(ev, m, depth + 1)?);
+                };
+                let flow = self.one_line_flow(mark, end, '[');
+                (Node::Seq(items, Props { tag, flow }), anchor)
             }
             Event::MappingStart(anchor, tag) => {
                 let mut entries = Vec::new();
-                loop {
-                    let (ev, mark) = self.next()?;
+                let end = loop {
+                    let (ev, m) = self.next()?;
                     if ev == Event::MappingEnd {
-                        break;
+                        break m;
                     }
-                    let key = self.node(ev, mark, depth + 1)?;
-                    let (ev, mark) = self.next()?;
-                    let value = self.node(ev, mark, depth + 1)?;
+                    let key = self.node(ev, m, depth + 1)?;
+                    let (ev, m) = self.next()?;
+                    let value = self.node(ev, m, depth + 1)?;
                     entries.push((key, value));
-                }
-                (Node::Map(entries, tag), anchor)
+                };
+                let flow = self.one_line_flow(mark, end, '{');
+                (Node::Map(entries, Props { tag, flow }), anchor)
             }
             // An alias stands for a copy of what its anchor names; Kubernetes
             // reads it the same way.
@@ -293,28 +317,31 @@ pub enum EmitError {
     ComplexKey(String),
 }
 
-/// Writes `node` as a block-style YAML document (no `---`), ending in a newline.
+/// Writes `node` as a YAML document (no `---`), ending in a newline: block
+/// style, except collections that were written on one line in flow style.
 pub fn emit(node: &Node) -> Result<String, EmitError> {
     let mut out = String::new();
     match node {
-        Node::Map(entries, tag) if !entries.is_empty() => {
-            no_tag(tag, "")?;
+        Node::Map(entries, props) if !entries.is_empty() && !props.flow => {
+            no_tag(props, "")?;
             emit_map(entries, 0, false, "", &mut out)?;
         }
-        Node::Seq(items, tag) if !items.is_empty() => {
-            no_tag(tag, "")?;
+        Node::Seq(items, props) if !items.is_empty() && !props.flow => {
+            no_tag(props, "")?;
             emit_seq(items, 0, false, "", &mut out)?;
         }
         other => {
-            emit_inline(other, 2, "", &mut out)?;
+            let mut text = String::new();
+            emit_inline(other, 2, "", &mut text)?;
+            out.push_str(text.trim_start_matches(' '));
             out.push('\n');
         }
     }
     Ok(out)
 }
 
-fn no_tag(tag: &Option<Tag>, path: &str) -> Result<(), EmitError> {
-    match tag {
+fn no_tag(props: &Props, path: &str) -> Result<(), EmitError> {
+    match props.tag {
         None => Ok(()),
         Some(_) => Err(EmitError::CollectionTag(display_path(path))),
     }
@@ -332,6 +359,29 @@ fn pad(out: &mut String, n: usize) {
     out.extend(std::iter::repeat_n(' ', n));
 }
 
+/// A mapping key: plain when that reads as the same string, else as written.
+fn key_text(key: &Node, path: &str) -> Result<String, EmitError> {
+    let Node::Scalar(key) = key else {
+        return Err(EmitError::ComplexKey(display_path(path)));
+    };
+    Ok(if key.tag.is_none() && plain_is_string(&key.value) {
+        key.value.clone()
+    } else if key.value.contains('\n') || key.value.is_empty() {
+        double_quoted(&key.value)
+    } else {
+        scalar_text(key, 0, true)
+    })
+}
+
+fn child_path(path: &str, key: &Node) -> String {
+    let key = key.as_str().unwrap_or("?");
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
 /// `first_padded`: the caller already wrote the first line's indentation
 /// (a `- ` of the enclosing list).
 fn emit_map(
@@ -342,32 +392,20 @@ fn emit_map(
     out: &mut String,
 ) -> Result<(), EmitError> {
     for (i, (k, v)) in entries.iter().enumerate() {
-        let Node::Scalar(key) = k else {
-            return Err(EmitError::ComplexKey(display_path(path)));
-        };
         if i > 0 || !first_padded {
             pad(out, indent);
         }
-        let key_text = if key.value.contains('\n') || key.value.is_empty() {
-            double_quoted(&key.value)
-        } else {
-            scalar_text(key, indent)
-        };
-        out.push_str(&key_text);
+        out.push_str(&key_text(k, path)?);
         out.push(':');
-        let child = if path.is_empty() {
-            key.value.clone()
-        } else {
-            format!("{path}.{}", key.value)
-        };
+        let child = child_path(path, k);
         match v {
-            Node::Map(m, tag) if !m.is_empty() => {
-                no_tag(tag, &child)?;
+            Node::Map(m, props) if !m.is_empty() && !props.flow => {
+                no_tag(props, &child)?;
                 out.push('\n');
                 emit_map(m, indent + 2, false, &child, out)?;
             }
-            Node::Seq(s, tag) if !s.is_empty() => {
-                no_tag(tag, &child)?;
+            Node::Seq(s, props) if !s.is_empty() && !props.flow => {
+                no_tag(props, &child)?;
                 out.push('\n');
                 emit_seq(s, indent, false, &child, out)?;
             }
@@ -394,13 +432,13 @@ fn emit_seq(
         out.push('-');
         let child = format!("{path}[{i}]");
         match item {
-            Node::Map(m, tag) if !m.is_empty() => {
-                no_tag(tag, &child)?;
+            Node::Map(m, props) if !m.is_empty() && !props.flow => {
+                no_tag(props, &child)?;
                 out.push(' ');
                 emit_map(m, indent + 2, true, &child, out)?;
             }
-            Node::Seq(s, tag) if !s.is_empty() => {
-                no_tag(tag, &child)?;
+            Node::Seq(s, props) if !s.is_empty() && !props.flow => {
+                no_tag(props, &child)?;
                 out.push(' ');
                 emit_seq(s, indent + 2, true, &child, out)?;
             }
@@ -413,27 +451,51 @@ fn emit_seq(
     Ok(())
 }
 
-/// A scalar or an empty collection after `key:` or `-` (writes the leading
+/// A scalar or a flow collection after `key:` or `-` (writes the leading
 /// space itself; nothing at all for an untagged empty plain scalar).
 fn emit_inline(node: &Node, indent: usize, path: &str, out: &mut String) -> Result<(), EmitError> {
-    match node {
-        Node::Map(_, tag) => {
-            no_tag(tag, path)?;
-            out.push_str(" {}");
-        }
-        Node::Seq(_, tag) => {
-            no_tag(tag, path)?;
-            out.push_str(" []");
-        }
-        Node::Scalar(s) => {
-            let text = scalar_text(s, indent);
-            if !text.is_empty() {
-                out.push(' ');
-                out.push_str(&text);
-            }
-        }
+    let text = match node {
+        Node::Scalar(s) => scalar_text(s, indent, false),
+        other => flow_text(other, path)?,
+    };
+    if !text.is_empty() {
+        out.push(' ');
+        out.push_str(&text);
     }
     Ok(())
+}
+
+/// A node in flow style: `{k: v, …}`, `[a, …]`, or a one-line scalar.
+fn flow_text(node: &Node, path: &str) -> Result<String, EmitError> {
+    Ok(match node {
+        Node::Scalar(s) => match scalar_text(s, 0, true) {
+            t if t.is_empty() => "null".to_string(),
+            t => t,
+        },
+        Node::Seq(items, props) => {
+            no_tag(props, path)?;
+            let parts = items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| flow_text(n, &format!("{path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            format!("[{}]", parts.join(", "))
+        }
+        Node::Map(entries, props) => {
+            no_tag(props, path)?;
+            let parts = entries
+                .iter()
+                .map(|(k, v)| {
+                    Ok(format!(
+                        "{}: {}",
+                        key_text(k, path)?,
+                        flow_text(v, &child_path(path, k))?
+                    ))
+                })
+                .collect::<Result<Vec<_>, EmitError>>()?;
+            format!("{{{}}}", parts.join(", "))
+        }
+    })
 }
 
 fn tag_text(tag: &Tag) -> String {
@@ -446,8 +508,8 @@ fn tag_text(tag: &Tag) -> String {
 }
 
 /// The scalar as written after `key: ` or `- `; block scalars continue on
-/// following lines indented by `indent`.
-fn scalar_text(s: &Scalar, indent: usize) -> String {
+/// following lines indented by `indent`. `one_line`: no block scalar.
+fn scalar_text(s: &Scalar, indent: usize, one_line: bool) -> String {
     let body = match s.style {
         TScalarStyle::Plain if s.value.is_empty() => {
             if s.tag.is_some() {
@@ -462,7 +524,7 @@ fn scalar_text(s: &Scalar, indent: usize) -> String {
         TScalarStyle::SingleQuoted if printable_line(&s.value) => {
             format!("'{}'", s.value.replace('\'', "''"))
         }
-        TScalarStyle::Literal | TScalarStyle::Folded => {
+        TScalarStyle::Literal | TScalarStyle::Folded if !one_line => {
             literal(&s.value, indent).unwrap_or_else(|| double_quoted(&s.value))
         }
         _ => double_quoted(&s.value),
@@ -567,13 +629,28 @@ mod tests {
         let out = roundtrip(src);
         assert_eq!(
             out,
-            "script: |\n  set -e\n  echo hi\nkeep: |+\n  x\n\nstrip: |-\n  folded text\nflow:\n  a:\n  - 1\n  - 2\n  b: []\nbase:\n  x: 1\ncopy:\n  x: 1\nindented: |2\n    lead\n  next\n"
+            "script: |\n  set -e\n  echo hi\nkeep: |+\n  x\n\nstrip: |-\n  folded text\nflow: {a: [1, 2], b: []}\nbase: {x: 1}\ncopy: {x: 1}\nindented: |2\n    lead\n  next\n"
         );
         // The written text parses back to the same tree (styles aside).
         let again = parse_document(&out, 1).unwrap().unwrap();
-        assert_eq!(again.get("indented").unwrap().as_str(), Some("  lead\nnext\n"));
+        assert_eq!(
+            again.get("indented").unwrap().as_str(),
+            Some("  lead\nnext\n")
+        );
         assert_eq!(again.get("keep").unwrap().as_str(), Some("x\n\n"));
         assert_eq!(again.get("strip").unwrap().as_str(), Some("folded text"));
+    }
+
+    #[test]
+    fn one_line_flow_stays_flow_multi_line_json_becomes_block_and_changed_collections_block() {
+        assert_eq!(
+            roundtrip("{\n  \"a\": {\"b\": [1, \"on\"]},\n  \"c\": [\n    \"x\"\n  ]\n}\n"),
+            "a: {b: [1, \"on\"]}\nc:\n- \"x\"\n"
+        );
+        let mut n = parse_document("m: {a: 1}\nl: [x]\n", 1).unwrap().unwrap();
+        n.get_mut("m").unwrap().entry("b", Node::int(2));
+        n.get_mut("l").unwrap().push(Node::str("z"));
+        assert_eq!(emit(&n).unwrap(), "m:\n  a: 1\n  b: 2\nl:\n- x\n- z\n");
     }
 
     #[test]
@@ -582,12 +659,15 @@ mod tests {
         assert_eq!(roundtrip(src), src);
         let again = parse_document(&roundtrip(src), 1).unwrap().unwrap();
         let Node::Seq(items, _) = again else { panic!() };
-        assert_eq!(items[6].as_str(), Some("  lead\nx\n"));
+        assert_eq!(items[5].as_str(), Some("  lead\nx\n"));
     }
 
     #[test]
     fn tags_on_scalars_are_kept_and_on_collections_refused() {
-        assert_eq!(roundtrip("a: !!str 12\nb: !custom x\n"), "a: !!str 12\nb: !custom x\n");
+        assert_eq!(
+            roundtrip("a: !!str 12\nb: !custom x\n"),
+            "a: !!str 12\nb: !custom x\n"
+        );
         let n = parse_document("a: !!map {x: 1}\n", 1).unwrap().unwrap();
         assert_eq!(emit(&n), Err(EmitError::CollectionTag("a".into())));
     }
@@ -608,6 +688,9 @@ mod tests {
         assert_eq!(s("0.1.0"), "k: \"0.1.0\"\n");
         assert_eq!(s("on"), "k: \"on\"\n");
         assert_eq!(s("a: b"), "k: \"a: b\"\n");
-        assert_eq!(s("zen-mesh/zen-proxy:0.1.0"), "k: zen-mesh/zen-proxy:0.1.0\n");
+        assert_eq!(
+            s("zen-mesh/zen-proxy:0.1.0"),
+            "k: zen-mesh/zen-proxy:0.1.0\n"
+        );
     }
 }
