@@ -145,9 +145,13 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
     start_with_svid_dir(&mut env, &svid).await;
     let env = Arc::new(env);
 
-    let first = Conn::connect(env.agent_addr, env.a1.cfg.clone())
-        .await
-        .unwrap();
+    // Full handshakes only: a resumed TLS 1.3 session carries no server
+    // certificate, and the client would report the one of the first session.
+    let mut probe = (*client_config(&env.ca.pem(), Some(&env.a1.leaf), false)).clone();
+    probe.resumption = rustls::client::Resumption::disabled();
+    let probe = Arc::new(probe);
+
+    let first = Conn::connect(env.agent_addr, probe.clone()).await.unwrap();
     assert_eq!(
         first.peer_leaf_der(),
         cert_a.der,
@@ -207,9 +211,7 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
 
     let deadline = swapped + Duration::from_secs(5);
     loop {
-        let c = Conn::connect(env.agent_addr, env.a1.cfg.clone())
-            .await
-            .unwrap();
+        let c = Conn::connect(env.agent_addr, probe.clone()).await.unwrap();
         if c.peer_leaf_der() == cert_b.der {
             break;
         }
@@ -246,9 +248,7 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
     ]);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let c = Conn::connect(env.agent_addr, env.a1.cfg.clone())
-            .await
-            .unwrap();
+        let c = Conn::connect(env.agent_addr, probe.clone()).await.unwrap();
         if c.peer_leaf_der() == cert_c.der {
             break;
         }
@@ -288,4 +288,52 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
             >= 1.0
     );
     eprintln!("cert B served {seen_after:?} after the ..data swap");
+}
+
+/// config/k8s/zen-proxy-config.yaml's proxy.yaml passes `zen-proxy check`
+/// with its mount paths pointed at a CSI-layout SVID dir and a state dir.
+#[test]
+fn shipped_k8s_config_checks_ok_against_a_csi_layout() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/k8s/zen-proxy-config.yaml"),
+    )
+    .unwrap();
+    let cm: serde_yaml::Value = serde_yaml::from_str(&manifest).unwrap();
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["name"], "zen-proxy-config");
+    let proxy_yaml = cm["data"]["proxy.yaml"].as_str().unwrap();
+    assert!(proxy_yaml.contains("/var/run/secrets/zen-proxy/svid/tls.crt"));
+    assert!(proxy_yaml.contains("/var/lib/zen-proxy/"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = Ca::new("zen.local");
+    let leaf = serving_leaf(&ca);
+    let ca_pem = ca.pem();
+    let svid = tmp.path().join("svid");
+    AtomicDir::create(
+        svid.clone(),
+        &[
+            ("tls.crt", &leaf.cert_pem),
+            ("tls.key", &leaf.key_pem),
+            ("ca.crt", &ca_pem),
+        ],
+    );
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let local = proxy_yaml
+        .replace("/var/run/secrets/zen-proxy/svid", svid.to_str().unwrap())
+        .replace("/var/lib/zen-proxy", state.to_str().unwrap());
+    let cfg = tmp.path().join("proxy.yaml");
+    std::fs::write(&cfg, local).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zen-proxy"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
