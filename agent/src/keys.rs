@@ -120,3 +120,61 @@ impl Session {
         Ok(refresh)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::fixture;
+    use zen_trust::secret::Secret;
+
+    #[test]
+    fn adopting_a_new_key_writes_hmac_json_and_keeps_the_old_as_fallback() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_dir(dir.path(), "spiffe://zen.local/cluster/c1/agent/a1");
+        let session = Session::load(
+            dir.path(),
+            "https://localhost:9443",
+            SessionOptions::default(),
+        )
+        .unwrap();
+
+        let same = session
+            .adopt(
+                &session.key_ring(),
+                file("k-first", UnixTime(4_070_908_800)),
+            )
+            .unwrap();
+        assert_eq!(same.switched_from, None);
+        assert_eq!(session.key_id(), "k-first");
+
+        let next = file(
+            "k-second",
+            UnixTime::now().saturating_add(std::time::Duration::from_secs(3600)),
+        );
+        let refresh = session.adopt(&session.key_ring(), next.clone()).unwrap();
+        assert_eq!(refresh.switched_from.as_deref(), Some("k-first"));
+        assert_eq!(session.key_id(), "k-second");
+        let ring = session.key_ring();
+        assert_eq!(
+            ring.previous.as_ref().map(|(k, _)| k.key_id.as_str()),
+            Some("k-first")
+        );
+
+        let path = dir.path().join(files::HMAC_KEY);
+        let written: HmacKeyFile = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(written, next);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    fn file(key_id: &str, not_after: UnixTime) -> HmacKeyFile {
+        HmacKeyFile {
+            key_id: key_id.into(),
+            secret: Secret::from_bytes(vec![7; 32]),
+            not_after,
+        }
+    }
+}

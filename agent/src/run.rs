@@ -6,6 +6,7 @@
 //! at the slowest pace rather than spinning.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,6 +44,9 @@ struct Agent {
     cluster_id: String,
     /// Wakes the key pickup early: a heartbeat said a new key is waiting, or a key was refused.
     key_wake: Notify,
+    /// Set when the key pickup itself is refused with `key_revoked` / `key_expired`: no successor
+    /// can be fetched, so the identity is as good as revoked.
+    key_dead: AtomicBool,
 }
 
 /// Runs until `shutdown` resolves. Fails only at startup (unreadable credentials or a non-agent
@@ -78,6 +82,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
         config,
         cluster_id,
         key_wake: Notify::new(),
+        key_dead: AtomicBool::new(false),
     });
 
     let mut loops = JoinSet::new();
@@ -111,21 +116,21 @@ fn after_failure(
     outcome: &Outcome,
     backoff: &mut Backoff,
 ) -> Duration {
-    let wait = match outcome {
-        Outcome::Revoked(_) => {
-            // Nothing retrying can fix: go straight to the slowest pace.
-            while backoff.ceiling() < agent.config.backoff_max {
-                backoff.next_delay();
-            }
-            backoff.next_delay()
-        }
-        _ => backoff.next_delay(),
+    let key_dead = matches!(outcome, Outcome::KeyRefused(code) if code != "key_unknown")
+        && agent.key_dead.load(Ordering::Relaxed);
+    let wait = if matches!(outcome, Outcome::Revoked(_)) || key_dead {
+        slowest(backoff, agent.config.backoff_max)
+    } else {
+        backoff.next_delay()
     };
     let retry_in = format!("{wait:?}");
     match outcome {
         Outcome::Success => {}
         Outcome::Unavailable(why) => {
             tracing::warn!(call = what, error = %why, %retry_in, "mesh unavailable")
+        }
+        Outcome::KeyRefused(code) if key_dead => {
+            tracing::error!(call = what, code = %code, key_id = %agent.session.key_id(), spiffe_id = %agent.session.spiffe_id(), %retry_in, "identity revoked: its HMAC key is refused and control offers no successor; re-enroll the agent with a new token")
         }
         Outcome::KeyRefused(code) => {
             tracing::warn!(call = what, code = %code, key_id = %agent.session.key_id(), %retry_in, "HMAC key refused; asking control for the current key");
@@ -143,6 +148,14 @@ fn after_failure(
         }
     }
     wait
+}
+
+/// Nothing retrying can fix: go straight to the slowest pace (still jittered).
+fn slowest(backoff: &mut Backoff, max: Duration) -> Duration {
+    while backoff.ceiling() < max {
+        backoff.next_delay();
+    }
+    backoff.next_delay()
 }
 
 async fn heartbeat_loop(agent: Arc<Agent>) -> &'static str {
@@ -326,6 +339,7 @@ async fn key_loop(agent: Arc<Agent>) -> &'static str {
         loop {
             match agent.session.refresh_hmac_key().await {
                 Ok(r) => {
+                    agent.key_dead.store(false, Ordering::Relaxed);
                     match &r.switched_from {
                         Some(old) => {
                             tracing::info!(from = %old, to = %r.key_id, not_after = %r.not_after, "switched to the new HMAC key")
@@ -353,11 +367,12 @@ fn key_failure(agent: &Agent, e: &KeyError, backoff: &mut Backoff) -> Duration {
         } => {
             let outcome = outcome_of_refusal(*status, code, detail.clone());
             if let Outcome::KeyRefused(code) = &outcome {
-                // The key pickup itself needs a valid key: a refused key with no successor
-                // known is the end of this identity's ability to sign.
-                let wait = backoff.next_delay();
-                tracing::error!(code = %code, key_id = %agent.session.key_id(), retry_in = ?wait, "the HMAC key is refused and no successor is known; the agent cannot sign requests until control offers a new key or it is re-enrolled");
-                return wait;
+                if code != "key_unknown" {
+                    // The pickup itself is signed: a revoked or expired key with no successor
+                    // known ends this identity's ability to sign. Every loop now waits at the
+                    // slowest pace (and says why) until a pickup succeeds.
+                    agent.key_dead.store(true, Ordering::Relaxed);
+                }
             }
             after_failure(agent, "hmac-key", &outcome, backoff)
         }

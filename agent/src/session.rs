@@ -404,10 +404,182 @@ pub fn detail_of(response: &Response) -> String {
         })
 }
 
+/// A credential directory made in-process (CA, SVID, key, bundle, hmac.json) for unit tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use std::path::Path;
+
+    use rcgen::{
+        BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+        PKCS_ECDSA_P256_SHA256,
+    };
+
+    pub(crate) struct Ca {
+        pub(crate) pem: String,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    pub(crate) fn ca() -> Ca {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// (chain PEM, key PEM) of a leaf SVID for `id`; `expired` puts notAfter in 2020.
+    pub(crate) fn svid(ca: &Ca, id: &str, expired: bool) -> (String, String) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        }
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    pub(crate) const HMAC: &str = r#"{"key_id":"k-first","secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==","not_after":"2099-01-01T00:00:00Z"}"#;
+
+    /// A complete, valid credential directory for `id`; returns the CA that signed it.
+    pub(crate) fn write_dir(dir: &Path, id: &str) -> Ca {
+        let ca = ca();
+        let (chain, key) = svid(&ca, id, false);
+        std::fs::write(dir.join("svid.pem"), chain).unwrap();
+        std::fs::write(dir.join("svid.key"), key).unwrap();
+        std::fs::write(dir.join("bundle.pem"), &ca.pem).unwrap();
+        std::fs::write(dir.join("hmac.json"), HMAC).unwrap();
+        ca
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderMap;
+
+    const ID: &str = "spiffe://zen.local/cluster/c1/agent/a1";
+
+    fn load(dir: &Path) -> Result<Session, String> {
+        Session::load(dir, "https://localhost:9443/", SessionOptions::default())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_valid_dir_loads_with_its_identity_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_dir(dir.path(), ID);
+        let session = load(dir.path()).unwrap();
+        assert_eq!(session.spiffe_id().as_str(), ID);
+        assert_eq!(session.cluster_id(), Some("c1"));
+        assert_eq!(session.key_id(), "k-first");
+        assert_eq!(session.server(), "https://localhost:9443");
+        let identity = session.identity();
+        assert!(identity.obtained_at <= UnixTime::now());
+        assert!(identity.obtained_at >= identity.leaf.not_before);
+    }
+
+    #[test]
+    fn a_bad_file_is_named() {
+        let cases: &[(&str, &dyn Fn(&Path))] = &[
+            ("svid.pem", &|d| {
+                std::fs::write(d.join("svid.pem"), "-----BEGIN CERTIFICATE-----\nMIIB").unwrap()
+            }),
+            ("svid.pem", &|d| {
+                std::fs::write(d.join("svid.pem"), "").unwrap()
+            }),
+            ("svid.key", &|d| {
+                std::fs::write(d.join("svid.key"), "-----BEGIN PRIVATE KEY-----\nMIG").unwrap()
+            }),
+            ("bundle.pem", &|d| {
+                std::fs::write(d.join("bundle.pem"), "not pem").unwrap()
+            }),
+            ("bundle.pem", &|d| {
+                std::fs::remove_file(d.join("bundle.pem")).unwrap()
+            }),
+            ("hmac.json", &|d| {
+                std::fs::write(d.join("hmac.json"), &fixture::HMAC[..40]).unwrap()
+            }),
+            ("hmac.json", &|d| {
+                std::fs::write(
+                    d.join("hmac.json"),
+                    r#"{"key_id":"k","secret":"!!","not_after":"2099-01-01T00:00:00Z"}"#,
+                )
+                .unwrap()
+            }),
+        ];
+        for (file, break_it) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            fixture::write_dir(dir.path(), ID);
+            break_it(dir.path());
+            let err = load(dir.path()).err().expect("a broken dir is refused");
+            assert!(
+                err.contains(file),
+                "error for a bad {file} does not name it: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_expired_or_foreign_svid_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let (chain, key) = fixture::svid(&ca, ID, true);
+        std::fs::write(dir.path().join("svid.pem"), chain).unwrap();
+        std::fs::write(dir.path().join("svid.key"), key).unwrap();
+        let err = load(dir.path()).err().unwrap();
+        assert!(err.contains("svid.pem") && err.contains("expired"), "{err}");
+
+        // A key that is not the certificate's.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let (_, other_key) = fixture::svid(&ca, ID, false);
+        std::fs::write(dir.path().join("svid.key"), other_key).unwrap();
+        let err = load(dir.path()).err().unwrap();
+        assert!(err.contains("svid.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_new_bundle_is_written_and_swapped_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let session = load(dir.path()).unwrap();
+        assert!(
+            !session.update_bundle(&ca.pem).unwrap(),
+            "same bundle: no change"
+        );
+        let before = session.identity().tls.clone();
+
+        let both = format!("{}{}", ca.pem, fixture::ca().pem);
+        assert!(session.update_bundle(&both).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("bundle.pem")).unwrap(),
+            both
+        );
+        assert_eq!(session.identity().bundle.len(), 2);
+        assert!(
+            !Arc::ptr_eq(&before, &session.identity().tls),
+            "TLS config swapped"
+        );
+        assert_eq!(session.identity().leaf, session.leaf(), "SVID untouched");
+
+        assert!(session.update_bundle("garbage").is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("bundle.pem")).unwrap(),
+            both,
+            "a bad bundle leaves the file alone"
+        );
+    }
 
     fn response(status: u16, body: &str) -> Result<Response, CallError> {
         Ok(Response {
