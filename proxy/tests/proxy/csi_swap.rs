@@ -23,7 +23,6 @@ use super::harness::{Env, Opts, A1};
 use super::pki::{Ca, Leaf, LeafOpts};
 
 const HB: &str = "/agent/v1/heartbeat";
-const FILES: [&str; 3] = ["tls.crt", "tls.key", "ca.crt"];
 
 /// A directory in the Kubernetes atomic-writer layout.
 struct AtomicDir {
@@ -41,7 +40,7 @@ impl AtomicDir {
             generation: 0,
         };
         d.update(files);
-        for f in FILES {
+        for (f, _) in files {
             symlink(format!("..data/{f}"), d.root.join(f)).unwrap();
         }
         d
@@ -96,12 +95,17 @@ async fn start_with_svid_dir(env: &mut Env, svid: &Path) {
         );
     assert!(cfg.contains("svid/ca.crt") && cfg.contains("svid/tls.key"));
     std::fs::write(env.config_path(), cfg).unwrap();
+    let config = env.config_path();
+    spawn(env, &config).await;
+}
 
+/// Starts the proxy as harness::Env does, with the config at `config`.
+async fn spawn(env: &mut Env, config: &Path) {
     let log = std::fs::File::create(env.dir.path().join("proxy.log")).unwrap();
     env.child = Some(
         Command::new(env!("CARGO_BIN_EXE_zen-proxy"))
             .args(["run", "--config"])
-            .arg(env.config_path())
+            .arg(config)
             .env("RUST_LOG", "info")
             .env_remove("BOOTSTRAP_REQUIRE_SPIFFE")
             .stdout(Stdio::null())
@@ -288,6 +292,38 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
             >= 1.0
     );
     eprintln!("cert B served {seen_after:?} after the ..data swap");
+}
+
+/// proxy.yaml in a ConfigMap volume: the kubelet swaps `..data` the same
+/// way, and the routes follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn configmap_symlink_swap_reloads_routes() {
+    let mut env = Env::prepare(Opts::default()).await;
+    let original = std::fs::read_to_string(env.config_path()).unwrap();
+    let cm = env.dir.path().join("configmap");
+    let mut dir = AtomicDir::create(cm.clone(), &[("proxy.yaml", &original)]);
+    spawn(&mut env, &cm.join("proxy.yaml")).await;
+
+    let allow = || Req::get("/agent/v1/allowlist").signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(env.agent(&env.a1, &allow()).await.unwrap().status, 404);
+    let added = format!(
+        "{original}  - name: allowlist\n    listener: agent\n    methods: [GET]\n    path: /agent/v1/allowlist\n    upstream: control\n    auth: {{ spiffe: [\"spiffe://zen.local/cluster/*/agent/*\"], hmac: required }}\n"
+    );
+    dir.update(&[("proxy.yaml", &added)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while env.agent(&env.a1, &allow()).await.unwrap().status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "route from the swapped ConfigMap not served: {}",
+            env.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        env.metric("zen_proxy_reloads_total{result=\"ok\",what=\"routes\"}")
+            .await
+            >= 1.0
+    );
 }
 
 /// config/k8s/zen-proxy-config.yaml's proxy.yaml passes `zen-proxy check`
