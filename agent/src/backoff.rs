@@ -40,6 +40,18 @@ impl Backoff {
         Duration::from_millis(rng.random_range(0..=millis)).max(self.min)
     }
 
+    /// For a failure nothing but an operator can fix (a revoked identity): a wait between half of
+    /// `max` and `max`, so the loop neither hammers the mesh nor stalls for longer than `max`.
+    pub fn slowest(&mut self) -> Duration {
+        self.slowest_with(&mut rand::rng())
+    }
+
+    pub fn slowest_with(&mut self, rng: &mut impl Rng) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let half = u64::try_from(self.max.as_millis() / 2).unwrap_or(u64::MAX);
+        Duration::from_millis(half.saturating_add(rng.random_range(0..=half))).max(self.min)
+    }
+
     /// After a success: the next failure starts again at `min`.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -87,6 +99,21 @@ mod tests {
             }
         }
         assert!(seen.len() > 100, "delays are spread, not fixed");
+    }
+
+    #[test]
+    fn slowest_waits_between_half_max_and_max() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(60));
+        for _ in 0..500 {
+            let d = b.slowest_with(&mut rng);
+            assert!(
+                d >= Duration::from_secs(30) && d <= Duration::from_secs(60),
+                "{d:?}"
+            );
+        }
+        let mut tiny = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
+        assert!(tiny.slowest() >= Duration::from_secs(1), "never below min");
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn after_failure(
     let key_dead = matches!(outcome, Outcome::KeyRefused(code) if code != "key_unknown")
         && agent.key_dead.load(Ordering::Relaxed);
     let wait = if matches!(outcome, Outcome::Revoked(_)) || key_dead {
-        slowest(backoff, agent.config.backoff_max)
+        backoff.slowest()
     } else {
         backoff.next_delay()
     };
@@ -148,14 +148,6 @@ fn after_failure(
         }
     }
     wait
-}
-
-/// Nothing retrying can fix: go straight to the slowest pace (still jittered).
-fn slowest(backoff: &mut Backoff, max: Duration) -> Duration {
-    while backoff.ceiling() < max {
-        backoff.next_delay();
-    }
-    backoff.next_delay()
 }
 
 async fn heartbeat_loop(agent: Arc<Agent>) -> &'static str {

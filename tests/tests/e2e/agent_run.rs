@@ -257,3 +257,66 @@ async fn run_heartbeats_polls_desired_state_renews_svid_and_follows_key_rotation
     );
     assert!(agent.log().contains("zen-agent stopped"));
 }
+
+/// Counts the agent's log lines that report a failed call.
+fn failure_lines(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_revoked_agent_is_logged_as_revoked_and_backs_off_without_spinning() {
+    let saas = RecordingUpstream::start().await.unwrap();
+    let stack = Stack::start(saas.port).await.unwrap();
+    let dir = stack.path("a1");
+    stack
+        .enroll(&stack.token(AGENT_C1).unwrap(), AGENT_C1, &dir)
+        .unwrap();
+    let config = stack.path("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "files_dir: {dir}\nserver: {server}\nheartbeat_interval: 200ms\n\
+             desired_state_interval: 200ms\nbackoff_min: 100ms\nbackoff_max: 2s\n",
+            dir = dir.display(),
+            server = stack.agent_url(""),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary("zen-agent").unwrap());
+    cmd.args(["run", "--config"]).arg(&config);
+    let mut agent = Proc::spawn("zen-agent-run", &mut cmd, stack.dir.path()).unwrap();
+    heartbeat_after(&stack, 0, "the first heartbeat").await;
+
+    stack
+        .control_cli(&["agent", "revoke", "--spiffe-id", AGENT_C1])
+        .unwrap();
+    wait_until(
+        "the agent to log its revocation",
+        Duration::from_secs(15),
+        || {
+            let log = agent.log();
+            async move { log.contains("identity revoked") }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Every loop now waits 1..2 s (backoff_max with jitter): over 4 s the three polling loops
+    // (heartbeat, desired state, key pickup) make at most a dozen attempts; a spinning loop would
+    // make thousands.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = failure_lines(&agent.log());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = failure_lines(&agent.log()) - before;
+    assert!(
+        during <= 40,
+        "{during} failed calls in 4 s: the agent spins\n{}",
+        agent.log()
+    );
+    agent.check_alive().unwrap();
+    let log = agent.log();
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("identity revoked"), "last log line: {last}");
+}
