@@ -213,6 +213,10 @@ impl StateSource for FileSource {
         let _watcher = if self.watch {
             let tx = tx.clone();
             match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+                // Any event in a watched directory may matter, whatever its file
+                // name: a Kubernetes volume update renames `..data` and never
+                // touches tls.crt itself (tests/proxy/csi_swap.rs). Content
+                // hashes make the other events cheap no-ops.
                 if ev.is_ok_and(|e| !e.kind.is_access()) {
                     let _ = tx.send(());
                 }
