@@ -55,11 +55,12 @@ pub(crate) enum Kind<'a> {
     },
 }
 
-/// One covered component: its parsed meaning plus the identifier as received.
+/// One covered component: its parsed meaning plus the identifier as received
+/// (`'de`: the header text the identifier was parsed from).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Component<'a> {
+pub(crate) struct Component<'a, 'de> {
     pub kind: Kind<'a>,
-    pub item: &'a PItem<'a>,
+    pub item: &'a PItem<'de>,
 }
 
 fn malformed(detail: String) -> SignatureError {
@@ -70,8 +71,8 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-impl<'a> Component<'a> {
-    pub fn parse(item: &'a PItem<'a>) -> Result<Component<'a>, SignatureError> {
+impl<'a, 'de> Component<'a, 'de> {
+    pub fn parse(item: &'a PItem<'de>) -> Result<Component<'a, 'de>, SignatureError> {
         let BareItemFromInput::String(name) = &item.bare else {
             return Err(malformed(
                 "covered component identifiers must be strings".into(),
@@ -94,7 +95,7 @@ impl<'a> Component<'a> {
         Ok(Component { kind, item })
     }
 
-    fn parse_derived(name: &'a str, item: &'a PItem<'a>) -> Result<Kind<'a>, SignatureError> {
+    fn parse_derived(name: &'a str, item: &'a PItem<'de>) -> Result<Kind<'a>, SignatureError> {
         let derived = match name {
             "@method" => Some(Derived::Method),
             "@target-uri" => Some(Derived::TargetUri),
@@ -152,7 +153,7 @@ impl<'a> Component<'a> {
         }
     }
 
-    fn parse_field(name: &'a str, item: &'a PItem<'a>) -> Result<Kind<'a>, SignatureError> {
+    fn parse_field(name: &'a str, item: &'a PItem<'de>) -> Result<Kind<'a>, SignatureError> {
         if !name.bytes().all(is_tchar) {
             return Err(malformed(format!(
                 "covered component {name:?} is not a valid field name"
@@ -218,7 +219,7 @@ impl<'a> Component<'a> {
         base: &mut String,
     ) -> Result<(), SignatureError> {
         let value = self.value(req)?;
-        if value.contains(['\n', '\r']) {
+        if value.bytes().any(|b| b == b'\n' || b == b'\r') {
             return Err(malformed(format!(
                 "component {} contains a line break",
                 self.describe()

@@ -177,9 +177,11 @@ pub fn sign(
         }
         None => *req,
     };
-    let (_, parsed) = parse_signature_input(&signature_input)?;
-    let components = parse_components(&parsed)?;
-    let base = build_base(&components, &parsed, &req_for_base)?;
+    let base = {
+        let (_, parsed) = parse_signature_input(&signature_input)?;
+        let components = parse_components(&parsed)?;
+        build_base(&components, &parsed, &req_for_base)?
+    };
     let signature = format!("{LABEL}=:{}:", mac_base64(opts.secret, &base));
 
     Ok(SignedHeaders {

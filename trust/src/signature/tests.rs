@@ -703,3 +703,53 @@ fn http_header_map_works_end_to_end() {
     };
     verify(&VerifyPolicy::default(), &parts, None, &f.keys, NOW).unwrap();
 }
+
+/// The verifier reuses a per-thread base buffer and inline component/parameter storage: a
+/// large base, then small ones, then more components than fit inline, must each verify on
+/// their own content only.
+#[test]
+fn reused_buffers_do_not_leak_between_requests() {
+    let f = fixture();
+    let big_value = "v".repeat(40 * 1024);
+    let mut big = Req::get("/big", None);
+    big.set("x-big", &big_value);
+    big.sign_with(
+        None,
+        &SignOptions {
+            extra_headers: vec!["x-big".into()],
+            ..SignOptions::new("k1", &f.secret, NOW)
+        },
+    );
+    let mut small = Req::get("/small", None);
+    small.sign(None, &f.secret);
+    let mut tampered = clone(&small);
+    tampered.path = "/smalL".into();
+    let many: Vec<String> = (0..12).map(|i| format!("x-h{i}")).collect();
+    let mut wide = Req::get("/wide", Some("a=1"));
+    for h in &many {
+        wide.set(h, h);
+    }
+    wide.sign_with(
+        None,
+        &SignOptions {
+            extra_headers: many.clone(),
+            covered: CoverSet::TargetUri,
+            ..SignOptions::new("k1", &f.secret, NOW)
+        },
+    );
+    for _ in 0..3 {
+        assert!(big.verify(None, &f.keys).is_ok());
+        assert!(small.verify(None, &f.keys).is_ok());
+        assert_eq!(
+            tampered.verify(None, &f.keys).unwrap_err(),
+            SignatureError::Invalid
+        );
+        assert!(wide.verify(None, &f.keys).is_ok());
+    }
+    let mut wide_changed = clone(&wide);
+    wide_changed.set("x-h11", "other");
+    assert_eq!(
+        wide_changed.verify(None, &f.keys).unwrap_err(),
+        SignatureError::Invalid
+    );
+}

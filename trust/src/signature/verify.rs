@@ -2,11 +2,16 @@
 //! specific refusal: headers → parse → alg → required params → covered
 //! components → time window → key → digest → base → MAC.
 
+use std::cell::Cell;
+
 use hmac::Mac;
+use smallvec::SmallVec;
 
 use super::components::{Component, Derived, FieldForm, Kind};
 use super::digest::check_content_digest;
-use super::input::{parse_params, parse_signature, parse_signature_input, PList};
+use super::input::{
+    parse_params, parse_signature, parse_signature_input, parse_signature_input_into, PList,
+};
 use super::{RequestParts, SignatureError, VerifyPolicy, ALG};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
 use crate::time::UnixTime;
@@ -52,7 +57,8 @@ pub fn verify<'k>(
         return Err(SignatureError::Missing);
     };
 
-    let (label, list) = parse_signature_input(&input_hdr)?;
+    let mut list = PList::default();
+    let label = parse_signature_input_into(&input_hdr, &mut list)?;
     let signature = parse_signature(&sig_hdr, label.as_str())?;
     let params = parse_params(&list)?;
 
@@ -94,14 +100,17 @@ pub fn verify<'k>(
         check_content_digest(&header, body.unwrap_or_default())?;
     }
 
-    let base = build_base(&components, &list, req)?;
+    let mut mac = key.mac();
+    with_base_buffer(|base| {
+        write_base(&components, &list, req, base)?;
+        mac.update(base.as_bytes());
+        Ok(())
+    })?;
 
     // Exactly one hmac-sha256 output; anything else cannot be ours.
     if signature.len() != 32 {
         return Err(SignatureError::Invalid);
     }
-    let mut mac = key.mac();
-    mac.update(base.as_bytes());
     // verify_slice compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| SignatureError::Invalid)?;
@@ -114,7 +123,7 @@ pub fn verify<'k>(
     })
 }
 
-fn covers_digest(c: &Component<'_>) -> bool {
+fn covers_digest(c: &Component<'_, '_>) -> bool {
     matches!(
         c.kind,
         Kind::Field {
@@ -128,7 +137,7 @@ fn covers_digest(c: &Component<'_>) -> bool {
 /// (+ "@query" when there is a query) or "@request-target"; "content-digest"
 /// when there is a body; no duplicates.
 fn check_coverage(
-    components: &[Component<'_>],
+    components: &[Component<'_, '_>],
     req: &RequestParts<'_>,
     has_body: bool,
 ) -> Result<(), SignatureError> {
@@ -207,23 +216,56 @@ fn check_window(
 }
 
 pub(crate) fn build_base(
-    components: &[Component<'_>],
+    components: &[Component<'_, '_>],
     list: &PList<'_>,
     req: &RequestParts<'_>,
 ) -> Result<String, SignatureError> {
     let mut base = String::with_capacity(256);
-    for c in components {
-        c.write_line(req, &mut base)?;
-        base.push('\n');
-    }
-    base.push_str("\"@signature-params\": ");
-    list.write_to(&mut base);
+    write_base(components, list, req, &mut base)?;
     Ok(base)
 }
 
-pub(crate) fn parse_components<'a>(
-    list: &'a PList<'a>,
-) -> Result<Vec<Component<'a>>, SignatureError> {
+fn write_base(
+    components: &[Component<'_, '_>],
+    list: &PList<'_>,
+    req: &RequestParts<'_>,
+    base: &mut String,
+) -> Result<(), SignatureError> {
+    for c in components {
+        c.write_line(req, base)?;
+        base.push('\n');
+    }
+    base.push_str("\"@signature-params\": ");
+    list.write_to(base);
+    Ok(())
+}
+
+/// Bases above this size are not kept for the next request.
+const BASE_BUFFER_KEEP: usize = 16 * 1024;
+
+thread_local! {
+    /// This thread's signature-base buffer, reused so verify does not allocate one per request.
+    static BASE: Cell<String> = const { Cell::new(String::new()) };
+}
+
+/// Runs `f` with an empty buffer taken from this thread (a new one the first time, or while the
+/// thread is being torn down) and puts it back afterwards.
+fn with_base_buffer<T>(f: impl FnOnce(&mut String) -> T) -> T {
+    let mut buf = BASE.try_with(Cell::take).unwrap_or_default();
+    buf.clear();
+    let out = f(&mut buf);
+    if buf.capacity() <= BASE_BUFFER_KEEP {
+        let _ = BASE.try_with(|c| c.set(buf));
+    }
+    out
+}
+
+/// The covered components; the profile's 3–5 fit inline.
+pub(crate) type Components<'a, 'de> = SmallVec<[Component<'a, 'de>; 8]>;
+
+pub(crate) fn parse_components<'a, 'de>(
+    list: &'a PList<'de>,
+) -> Result<Components<'a, 'de>, SignatureError> {
     list.items.iter().map(Component::parse).collect()
 }
 
