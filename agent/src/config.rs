@@ -314,6 +314,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_examples_parse() {
+        let dev = parse(include_str!("../../config/dev/agent.yaml")).unwrap();
+        assert_eq!(dev.files_dir, PathBuf::from(".zen/dev/agent"));
+        assert_eq!(dev.server, "https://localhost:9443");
+        assert_eq!(
+            AgentConfig {
+                desired_state_file: None,
+                ..dev
+            },
+            AgentConfig::default(),
+            "config/dev/agent.yaml documents the defaults (except desired_state_file)"
+        );
+        parse(include_str!("../../config/compose/agent.yaml")).unwrap();
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));

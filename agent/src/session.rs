@@ -489,9 +489,12 @@ mod tests {
         assert!(identity.obtained_at >= identity.leaf.not_before);
     }
 
+    /// Which file a case breaks, and how.
+    type Breakage<'a> = (&'a str, &'a dyn Fn(&Path));
+
     #[test]
     fn a_bad_file_is_named() {
-        let cases: &[(&str, &dyn Fn(&Path))] = &[
+        let cases: &[Breakage] = &[
             ("svid.pem", &|d| {
                 std::fs::write(d.join("svid.pem"), "-----BEGIN CERTIFICATE-----\nMIIB").unwrap()
             }),

@@ -224,8 +224,11 @@ async fn run_heartbeats_polls_desired_state_renews_svid_and_follows_key_rotation
     assert_eq!(response.status, StatusCode::OK, "{:?}", response.body);
     agent.check_alive().unwrap();
     let log = agent.log();
+    // Nothing failed along the way: no refusal (a key_unknown right after the switch is absorbed by
+    // the fallback key / short retry), no unavailability, no write error.
     for bad in [
         "request refused",
+        "HMAC key refused",
         "identity revoked",
         "mesh unavailable",
         "cannot",
