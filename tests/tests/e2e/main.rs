@@ -14,6 +14,8 @@ use zen_e2e::{RecordingUpstream, Stack};
 // Each group of scenarios that a later change adds lives in its own module file beside this one,
 // declared here.
 mod agent_run;
+mod bootstrap_spiffe;
+mod ca_rotation;
 
 const AGENT_C1: &str = "spiffe://zen.local/cluster/c1/agent/a1";
 
