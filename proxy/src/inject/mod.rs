@@ -169,7 +169,7 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
                 continue;
             }
             Ok(Some(root)) => Ok(root),
-            Err(e) => Err(Reason::Yaml(e.to_string())),
+            Err(e) => Err(Reason::Yaml(e)),
         };
         document += 1;
         let mut at = Where {
@@ -192,7 +192,7 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
                 }
                 Err(e) => errors.push(InjectError {
                     at,
-                    reason: Reason::Emit(e.to_string()),
+                    reason: Reason::Emit(e),
                 }),
             },
             Ok((_, false)) => output.push_str(chunk.text),

@@ -2,16 +2,16 @@
 //! Every check runs before the first change, so a refused object is untouched.
 
 use super::sidecar::{self, Sidecar};
-use super::yaml::Node;
+use super::yaml::{EmitError, Node, ParseError};
 
 /// Why an object cannot be injected. `field` is a path inside the object
 /// (`spec.template.spec.containers[1].ports`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Reason {
     #[error("not valid YAML: {0}")]
-    Yaml(String),
+    Yaml(#[from] ParseError),
     #[error("{0}")]
-    Emit(String),
+    Emit(#[from] EmitError),
     #[error("is {0}, not a Kubernetes object (a mapping)")]
     NotAnObject(&'static str),
     #[error("has no kind")]

@@ -187,7 +187,7 @@ fn plain_is_string(s: &str) -> bool {
     )
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line} column {col}: {message}")]
 pub struct ParseError {
     pub line: usize,
@@ -308,8 +308,8 @@ impl Builder<'_> {
     }
 }
 
-/// Why a tree cannot be written back in block style.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a tree cannot be written back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EmitError {
     #[error("{0}: a tag on a mapping or list is not supported in a document to inject")]
     CollectionTag(String),
