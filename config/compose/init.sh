@@ -15,7 +15,7 @@ cluster="${ZEN_CLUSTER_ID:-compose}"
 ctl() { zen-control --socket "$sock" "$@"; }
 
 ctl ca issue --spiffe-id spiffe://zen.local/proxy/compose \
-    --dns localhost --dns pod --ip 127.0.0.1 --ttl 720h --out /var/lib/zen-proxy/identity
+    --dns localhost --dns pod --ip 127.0.0.1 --out /var/lib/zen-proxy/identity
 
 umask 077
 mkdir -p "$tokens/pending" "$tokens/claimed"
