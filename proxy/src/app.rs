@@ -18,10 +18,15 @@ use crate::policy::Listener;
 use crate::reload::{ControlSource, FileSource, SourceService};
 use crate::service::ZenProxy;
 use crate::state::{Initial, State};
+use crate::svid_source::{self, SvidSource};
 use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
 
 pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
+    if let Some(svid) = &cfg.svid {
+        // Before anything loads: the serving SVID must be on disk (enrolled on first start).
+        svid_source::prepare(svid, &provider).context("tls.from_control")?;
+    }
     let initial = Initial::load(&cfg, &provider).map_err(anyhow::Error::new)?;
     let metrics = Metrics::new();
     let state = State::new(
@@ -117,6 +122,15 @@ pub fn run(cfg: Config) -> Result<()> {
                     cfg.files.key.clone(),
                     provider.clone(),
                 )),
+                state: state.clone(),
+            },
+        ));
+    }
+    if let Some(svid) = &cfg.svid {
+        server.add_service(background_service(
+            "svid-source-control",
+            SourceService {
+                source: Box::new(SvidSource::new(svid.clone(), provider.clone())),
                 state,
             },
         ));

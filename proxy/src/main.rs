@@ -12,6 +12,7 @@ mod refusal;
 mod reload;
 mod service;
 mod state;
+mod svid_source;
 mod tls;
 
 use std::path::PathBuf;
@@ -79,9 +80,16 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     let provider = tls::install_crypto_provider();
     let errors = match config::Config::load(path) {
-        Ok(cfg) => match state::Initial::load(&cfg, &provider) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0,
+        Ok(cfg) => match cfg.svid.as_ref().and_then(svid_source::before_enrollment) {
+            Some(Ok(note)) => {
+                println!("{}: {note}", path.display());
+                Vec::new()
+            }
+            Some(Err(e)) => vec![e],
+            None => match state::Initial::load(&cfg, &provider) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.0,
+            },
         },
         Err(e) => e.0,
     };

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub replay_cache_entries: IntGauge,
     pub loaded: IntGaugeVec,
     pub state_age_seconds: IntGauge,
+    pub svid_renewals: IntCounterVec,
+    pub svid_confirm_pending: IntGauge,
+    pub own_key_refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -109,6 +112,27 @@ impl Metrics {
             "Seconds since the last good state from zen-control (-1: none yet; only with a control source)",
         )
         .expect("metric");
+        let svid_renewals = IntCounterVec::new(
+            Opts::new(
+                "zen_proxy_svid_renewals_total",
+                "Renewals of the proxy's own SVID with zen-control (tls.from_control) by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
+        let svid_confirm_pending = IntGauge::new(
+            "zen_proxy_svid_confirm_pending",
+            "1 while the proxy's own enrollment is not confirmed (control revokes it after its confirm timeout)",
+        )
+        .expect("metric");
+        let own_key_refreshes = IntCounterVec::new(
+            Opts::new(
+                "zen_proxy_own_hmac_key_refreshes_total",
+                "Switches to a rotated HMAC key of the proxy's own identity (tls.from_control) by result",
+            ),
+            &["result"],
+        )
+        .expect("metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refusals.clone()),
@@ -122,6 +146,9 @@ impl Metrics {
             Box::new(replay_cache_entries.clone()),
             Box::new(loaded.clone()),
             Box::new(state_age_seconds.clone()),
+            Box::new(svid_renewals.clone()),
+            Box::new(svid_confirm_pending.clone()),
+            Box::new(own_key_refreshes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -139,6 +166,9 @@ impl Metrics {
             replay_cache_entries,
             loaded,
             state_age_seconds,
+            svid_renewals,
+            svid_confirm_pending,
+            own_key_refreshes,
         }
     }
 

@@ -311,9 +311,13 @@ impl State {
         }
     }
 
-    /// `/readyz`: every piece loaded and, with a control source, the state young enough.
+    /// `/readyz`: every piece loaded, the serving certificate unexpired and, with a control
+    /// source, the state young enough.
     pub fn ready(&self) -> bool {
         if !self.readiness.ready() {
+            return false;
+        }
+        if self.serving.load().not_after <= zen_trust::UnixTime::now().0 {
             return false;
         }
         match (self.max_state_age, self.state_age()) {

@@ -88,6 +88,9 @@ pub struct SignatureSettings {
 pub struct Files {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `tls.from_control`: the SVID source writes these files and publishes the serving
+    /// certificate itself (one writer); the file source leaves it alone.
+    pub serving_from_control: bool,
     /// (trust domain, bundle PEM file)
     pub bundles: Vec<(String, PathBuf)>,
     /// None when `control` supplies the key set.
@@ -112,6 +115,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Control-plane source of key set, trust bundle and revocations, if configured.
     pub control: Option<crate::reload::control::ControlSettings>,
+    /// `tls.from_control`: the proxy's own SVID is enrolled with and renewed by zen-control.
+    pub svid: Option<crate::svid_source::SvidSettings>,
     /// The validated YAML, for `/config_dump` (it holds paths, never secrets).
     pub raw_dump: serde_json::Value,
 }
@@ -231,10 +236,10 @@ fn validate(
     });
 
     let mut bundles = Vec::new();
-    if raw.trust_bundles.is_empty() {
+    if raw.trust_bundles.is_empty() && raw.tls.from_control.is_none() {
         errs.push(ConfigError::new(
             "trust_bundles",
-            "at least one trust bundle is required",
+            "at least one trust bundle is required (or tls.from_control, whose ca.crt is used)",
         ));
     }
     for (i, b) in raw.trust_bundles.iter().enumerate() {
@@ -308,6 +313,12 @@ fn validate(
     }
 
     let control = validate_control(&raw, &mut errs);
+    let (cert, key, svid) = validate_tls(&raw, agent_addr, control.as_ref(), &mut errs);
+    if let Some(svid) = &svid {
+        if bundles.is_empty() {
+            bundles.push((svid.spiffe_id.trust_domain().to_string(), svid.ca_file()));
+        }
+    }
 
     if !errs.is_empty() {
         return Err(ConfigErrors(errs));
@@ -324,8 +335,9 @@ fn validate(
         bootstrap,
         admin,
         files: Files {
-            cert: raw.tls.cert_file.clone(),
-            key: raw.tls.key_file.clone(),
+            cert,
+            key,
+            serving_from_control: svid.is_some(),
             bundles,
             key_set: raw.key_set_file.clone(),
             revocations: raw.revocations_file.clone(),
@@ -343,8 +355,57 @@ fn validate(
         upstreams,
         routes: RouteTable::new(routes),
         control,
+        svid,
         raw_dump,
     })
+}
+
+/// `tls:` is either `{cert_file, key_file}` or `{from_control: …}`; returns the serving
+/// certificate's files (for `from_control`, the ones it writes) and the SVID source settings.
+fn validate_tls(
+    raw: &RawConfig,
+    agent_addr: Option<SocketAddr>,
+    control: Option<&crate::reload::control::ControlSettings>,
+    errs: &mut Vec<ConfigError>,
+) -> (PathBuf, PathBuf, Option<crate::svid_source::SvidSettings>) {
+    let t = &raw.tls;
+    match (&t.cert_file, &t.key_file, &t.from_control) {
+        (Some(cert), Some(key), None) => (cert.clone(), key.clone(), None),
+        (None, None, Some(fc)) => {
+            match crate::svid_source::SvidSettings::validate(fc, agent_addr, control, errs) {
+                Some(s) => (s.cert_file(), s.key_file(), Some(s)),
+                None => (PathBuf::new(), PathBuf::new(), None),
+            }
+        }
+        (Some(_), None, None) => {
+            errs.push(ConfigError::new(
+                "tls.key_file",
+                "required with tls.cert_file",
+            ));
+            (PathBuf::new(), PathBuf::new(), None)
+        }
+        (None, Some(_), None) => {
+            errs.push(ConfigError::new(
+                "tls.cert_file",
+                "required with tls.key_file",
+            ));
+            (PathBuf::new(), PathBuf::new(), None)
+        }
+        (None, None, None) => {
+            errs.push(ConfigError::new(
+                "tls",
+                "set cert_file + key_file (files), or from_control (enrolled with zen-control)",
+            ));
+            (PathBuf::new(), PathBuf::new(), None)
+        }
+        (_, _, Some(_)) => {
+            errs.push(ConfigError::new(
+                "tls.from_control",
+                "not with tls.cert_file / tls.key_file: the serving SVID has exactly one source",
+            ));
+            (PathBuf::new(), PathBuf::new(), None)
+        }
+    }
 }
 
 /// `control:` and `key_set_file` are two writers of one value: exactly one of them must be set.

@@ -13,6 +13,8 @@ use crate::policy::Listener;
 pub struct RawConfig {
     pub listeners: RawListeners,
     pub tls: RawTls,
+    /// Required unless `tls.from_control` (then `dir/ca.crt` is the bundle of its trust domain).
+    #[serde(default)]
     pub trust_bundles: Vec<RawBundle>,
     /// Required unless `control` supplies the key set.
     #[serde(default)]
@@ -120,11 +122,50 @@ impl Default for RawAdminListener {
     }
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// The proxy's own serving SVID: files (cert-manager style) or enrolled with and renewed by
+/// zen-control (`from_control`). Exactly one of the two.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_control: Option<RawSvidFromControl>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSvidFromControl {
+    /// tls.key (0600), tls.crt, ca.crt and hmac.json (0600) live here.
+    pub dir: PathBuf,
+    /// `spiffe://<td>/proxy/<name>`.
+    pub spiffe_id: String,
+    /// `zen-control token create --output json` output; else env ZEN_PROXY_TOKEN_ID /
+    /// ZEN_PROXY_TOKEN_SECRET. Read only when `dir` holds no valid SVID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// zen-control's API on loopback (`http://127.0.0.1:8081`): the proxy has no certificate to
+    /// serve its own bootstrap listener with yet.
+    pub enroll_url: String,
+    #[serde(default = "default_svid_dns")]
+    pub dns: Vec<String>,
+    #[serde(default = "default_svid_ips")]
+    pub ips: Vec<String>,
+    /// Renew when this fraction of the SVID's lifetime has passed.
+    #[serde(default = "default_renew_fraction")]
+    pub renew_fraction: f64,
+}
+
+fn default_svid_dns() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_svid_ips() -> Vec<String> {
+    vec!["127.0.0.1".into()]
+}
+fn default_renew_fraction() -> f64 {
+    0.5
 }
 
 #[derive(Debug, Deserialize, Serialize)]

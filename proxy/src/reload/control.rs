@@ -323,19 +323,19 @@ fn count(state: &State, what: What, result: &str) {
         .inc();
 }
 
-/// Exponential backoff with full jitter, 200 ms .. 30 s.
-struct Backoff {
+/// Exponential backoff with jitter, 200 ms .. 30 s.
+pub(crate) struct Backoff {
     attempt: u32,
 }
 
 impl Backoff {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Backoff { attempt: 0 }
     }
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
-    fn next(&mut self) -> Duration {
+    pub(crate) fn next(&mut self) -> Duration {
         let cap = Duration::from_millis(200)
             .saturating_mul(1 << self.attempt.min(8))
             .min(Duration::from_secs(30));

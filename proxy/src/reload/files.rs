@@ -73,7 +73,8 @@ impl FileSource {
         match what {
             What::KeySet | What::TrustBundles => self.control,
             What::Revocations => self.control || self.files.revocations.is_none(),
-            What::ServingCert | What::Routes => false,
+            What::ServingCert => self.files.serving_from_control,
+            What::Routes => false,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 pub struct ServingCert {
     pub certified: Arc<CertifiedKey>,
     /// Seconds since the epoch.
+    pub not_before: i64,
     pub not_after: i64,
     pub leaf_sha256_hex: String,
 }
@@ -65,6 +66,7 @@ impl ServingCert {
                 path: cp.clone(),
                 detail: e.to_string(),
             })?;
+        let not_before = leaf.validity().not_before.timestamp();
         let not_after = leaf.validity().not_after.timestamp();
         let leaf_sha256_hex = {
             use sha2::Digest;
@@ -74,6 +76,7 @@ impl ServingCert {
             .map_err(|e| ServingCertError::Mismatch(e.to_string()))?;
         Ok(ServingCert {
             certified: Arc::new(certified),
+            not_before,
             not_after,
             leaf_sha256_hex,
         })
