@@ -150,9 +150,7 @@ impl Node {
         };
         &mut entries[at].1
     }
-}
 
-impl Node {
     /// Appends to a list (callers have checked that `self` is one).
     pub fn push(&mut self, item: Node) {
         if let Node::Seq(items, props) = self {
