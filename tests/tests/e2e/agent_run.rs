@@ -323,3 +323,145 @@ async fn run_revoked_agent_is_logged_as_revoked_and_backs_off_without_spinning()
     let last = log.lines().last().unwrap_or_default();
     assert!(last.contains("identity revoked"), "last log line: {last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_refuses_a_bad_config_or_credential_dir_naming_the_key_or_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |yaml: &str| {
+        let config = dir.path().join("agent.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let out = Command::new(binary("zen-agent").unwrap())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, err) = run("renew_fraction: 2\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("agent.yaml") && err.contains("`renew_fraction`"),
+        "{err}"
+    );
+    let (code, err) = run("heartbeat_intervall: 5s\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("heartbeat_intervall"), "{err}");
+
+    // A credential dir whose svid.pem was cut short.
+    let creds = dir.path().join("agent");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(
+        creds.join("svid.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU",
+    )
+    .unwrap();
+    let (code, err) = run(&format!("files_dir: {}\n", creds.display()));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&creds.join("svid.pem").display().to_string()),
+        "{err}"
+    );
+}
+
+/// The library the binary is built from, driven directly: requests flow on four tasks while the
+/// SVID is renewed and the HMAC key rotated under them — a swap never fails a request in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_swaps_svid_and_key_under_flowing_requests_without_a_failure() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use zen_agent::session::{Session, SessionOptions};
+
+    let saas = RecordingUpstream::start().await.unwrap();
+    let stack = Stack::start(saas.port).await.unwrap();
+    let dir = stack.path("a1");
+    stack
+        .enroll(&stack.token(AGENT_C1).unwrap(), AGENT_C1, &dir)
+        .unwrap();
+    let session =
+        Arc::new(Session::load(&dir, &stack.agent_url(""), SessionOptions::default()).unwrap());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (session, stop, ok, failed) =
+            (session.clone(), stop.clone(), ok.clone(), failed.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = session
+                    .call(
+                        Method::POST,
+                        "/saas/v1/echo",
+                        &[],
+                        Some(bytes::Bytes::from_static(b"{}")),
+                    )
+                    .await;
+                match r {
+                    Ok(r) if r.status == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let wait_for_traffic = |n: usize| {
+        let ok = ok.clone();
+        async move {
+            let target = ok.load(Ordering::Relaxed) + n;
+            wait_until("requests to flow", Duration::from_secs(10), || {
+                let ok = ok.clone();
+                async move { ok.load(Ordering::Relaxed) >= target }
+            })
+            .await
+            .unwrap();
+        }
+    };
+    wait_for_traffic(10).await;
+
+    let before = leaf(&dir);
+    let renewed = session.renew_svid().await.unwrap();
+    assert_ne!(renewed.serial_hex, before.serial_hex);
+    assert_eq!(
+        session.leaf().serial_hex,
+        renewed.serial_hex,
+        "new requests present the new SVID"
+    );
+    assert_eq!(
+        leaf(&dir).serial_hex,
+        renewed.serial_hex,
+        "svid.pem is the new SVID"
+    );
+    wait_for_traffic(10).await;
+
+    let first_key = session.key_id();
+    stack
+        .control_cli(&["keys", "rotate", "--spiffe-id", AGENT_C1])
+        .unwrap();
+    let refresh = session.refresh_hmac_key().await.unwrap();
+    assert_eq!(refresh.switched_from.as_deref(), Some(first_key.as_str()));
+    assert_eq!(key_id(&dir), refresh.key_id);
+    wait_for_traffic(10).await;
+
+    // The one-shot library form works on the same directory.
+    let again = zen_agent::renew::renew_svid(&dir, &stack.agent_url(""))
+        .await
+        .unwrap();
+    assert_eq!(leaf(&dir).serial_hex, again.serial_hex);
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "{} ok",
+        ok.load(Ordering::Relaxed)
+    );
+}
