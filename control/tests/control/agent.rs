@@ -128,6 +128,11 @@ async fn heartbeat_records_and_validates() {
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["keys"]["new_key_available"], false);
+    // The current trust bundle rides on every heartbeat (how agents learn a rotation's new root).
+    assert_eq!(
+        r.json()["trust_bundle_pem"],
+        e.bundle.trust_bundle_pem.as_str()
+    );
     let agents = h.op(OpRequest::AgentList).await;
     assert_eq!(agents[0]["last_seen"], T0 + 30);
     assert_eq!(agents[0]["agent_version"], "1.2.3");

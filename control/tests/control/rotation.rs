@@ -151,3 +151,22 @@ async fn ca_rotation_adds_first_switches_after_delay_removes_after_svid_ttl() {
         assert!(kinds.iter().any(|x| x == k), "missing {k}");
     }
 }
+
+#[tokio::test]
+async fn ca_issue_ttl_may_not_outlive_the_old_roots_removal() {
+    let h = Harness::new().await;
+    let id = "spiffe://zen.local/proxy/p1".to_string();
+    let (_, c) = csr(&id);
+    let issue = |ttl_secs| OpRequest::CaIssue {
+        spiffe_id: id.clone(),
+        csr_pem: c.clone(),
+        dns: vec![],
+        ips: vec![],
+        ttl_secs,
+    };
+    let ttl = h.cfg.svid_ttl.as_secs();
+    let e = h.op_err(issue(Some(ttl + 1))).await;
+    assert!(e.contains("--ttl") && e.contains("svid.ttl"), "{e}");
+    assert!(h.op(issue(Some(ttl))).await["serial"].is_string());
+    assert!(h.op(issue(None)).await["serial"].is_string());
+}
