@@ -264,3 +264,58 @@ fn refused(step: &'static str, response: &Response) -> EnrollError {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client_dir: Option<&str>) -> EnrollRequest {
+        EnrollRequest {
+            server: "https://localhost:8443".into(),
+            agent_server: "https://localhost:9443".into(),
+            token_id: "t".into(),
+            token_secret: Secret::from_bytes(vec![7; 32]),
+            spiffe_id: "spiffe://zen.local/cluster/c1/agent/a1".parse().unwrap(),
+            ca_file: "ca.pem".into(),
+            out: "out".into(),
+            client_dir: client_dir.map(PathBuf::from),
+            confirm_patience: Duration::from_secs(1),
+        }
+    }
+
+    fn alert(a: rustls::AlertDescription) -> ClientError {
+        ClientError::Handshake {
+            addr: "localhost:8443".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            ),
+        }
+    }
+
+    #[test]
+    fn client_certificate_alerts_say_what_to_do() {
+        use rustls::AlertDescription as A;
+        let err = handshake_refusal(&request(None), alert(A::CertificateRequired));
+        assert!(
+            matches!(err, EnrollError::ClientCertRequired { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--client-dir"), "{err}");
+        let err = handshake_refusal(&request(Some("ids")), alert(A::BadCertificate));
+        assert!(
+            matches!(
+                err,
+                EnrollError::ClientCertRefused {
+                    alert: A::BadCertificate,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("ids"), "{err}");
+        // Without --client-dir a bad-certificate alert is not about our certificate.
+        let err = handshake_refusal(&request(None), alert(A::BadCertificate));
+        assert!(matches!(err, EnrollError::Client(_)), "{err}");
+    }
+}
