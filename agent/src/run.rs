@@ -33,8 +33,8 @@ pub enum RunError {
         path: std::path::PathBuf,
         id: String,
     },
-    #[error("the {0} loop stopped unexpectedly: {1}")]
-    LoopFailed(&'static str, String),
+    #[error("an agent loop stopped unexpectedly: {0}")]
+    LoopFailed(String),
 }
 
 /// Shared by the loops.
@@ -99,7 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
                 Err(e) => e.to_string(),
                 Ok(name) => format!("{name} returned"),
             };
-            Err(RunError::LoopFailed("agent", detail))
+            Err(RunError::LoopFailed(detail))
         }
     };
     // Aborting is safe: files are written synchronously between awaits, and the ArcSwaps are

@@ -305,7 +305,9 @@ impl Session {
                 let retry = self
                     .send_once(tls, &method, &url, headers, body.clone(), previous)
                     .await?;
-                if !is_key_unknown(&retry) {
+                // Only a verdict on the request itself counts; a refusal of the old key says
+                // nothing the new key's retry will not say better.
+                if !is_key_refusal(&retry) {
                     tracing::debug!(key_id = %ring.current.key_id, "proxy does not know the new key yet; the previous key was accepted");
                     return Ok(retry);
                 }
@@ -344,6 +346,14 @@ impl Session {
 fn is_key_unknown(response: &Response) -> bool {
     response.status == StatusCode::UNAUTHORIZED
         && response.error_code().as_deref() == Some("key_unknown")
+}
+
+fn is_key_refusal(response: &Response) -> bool {
+    response.status == StatusCode::UNAUTHORIZED
+        && matches!(
+            response.error_code().as_deref(),
+            Some("key_unknown" | "key_expired" | "key_revoked")
+        )
 }
 
 /// What a call's result means for the loop that made it.
