@@ -459,6 +459,15 @@ pub(crate) mod fixture {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// (chain PEM, key PEM) of a TLS server certificate for `localhost`.
+    pub(crate) fn server(ca: &Ca) -> (String, String) {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.is_ca = IsCa::ExplicitNoCa;
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     pub(crate) const HMAC: &str = r#"{"key_id":"k-first","secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==","not_after":"2099-01-01T00:00:00Z"}"#;
 
     /// A complete, valid credential directory for `id`; returns the CA that signed it.
@@ -560,6 +569,125 @@ mod tests {
         std::fs::write(dir.path().join("svid.key"), other_key).unwrap();
         let err = load(dir.path()).err().unwrap();
         assert!(err.contains("svid.pem"), "{err}");
+    }
+
+    /// An HTTPS server on 127.0.0.1 that knows only the HMAC key `known` (by keyid, like a proxy
+    /// that has not long-polled a new key yet): 401 key_unknown for any other keyid, else 200.
+    /// Returns its port and the keyids it was sent, in order.
+    async fn proxy_knowing(
+        ca: &fixture::Ca,
+        known: &'static str,
+    ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (chain, key) = fixture::server(ca);
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let keyid = head
+                    .split("keyid=\"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                log.lock().unwrap().push(keyid.clone());
+                let (status, body) = if keyid == known {
+                    ("200 OK", r#"{"ok":true}"#)
+                } else {
+                    (
+                        "401 Unauthorized",
+                        r#"{"error":"key_unknown","detail":"no such key"}"#,
+                    )
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        (port, seen)
+    }
+
+    fn session_at(dir: &Path, port: u16, patience: Duration) -> Session {
+        Session::load(
+            dir,
+            &format!("https://localhost:{port}"),
+            SessionOptions {
+                request_timeout: Duration::from_secs(5),
+                key_unknown_patience: patience,
+            },
+        )
+        .unwrap()
+    }
+
+    fn switch_to(session: &Session, key_id: &str) {
+        let ring = session.key_ring();
+        session.keys.store(Arc::new(KeyRing {
+            current: SigningKey {
+                key_id: key_id.into(),
+                secret: ring.current.secret.clone(),
+            },
+            current_not_after: UnixTime::now().saturating_add(Duration::from_secs(3600)),
+            previous: Some((ring.current.clone(), ring.current_not_after)),
+        }));
+    }
+
+    #[tokio::test]
+    async fn a_new_key_the_proxy_does_not_know_yet_falls_back_to_the_previous_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let (port, seen) = proxy_knowing(&ca, "k-first").await;
+        let session = session_at(dir.path(), port, Duration::from_secs(15));
+        switch_to(&session, "k-second");
+        let response = session.call(Method::GET, "/x", &[], None).await.unwrap();
+        assert_eq!(response.status, StatusCode::OK);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec!["k-second", "k-first"],
+            "new key first, then the fallback at once"
+        );
+    }
+
+    #[tokio::test]
+    async fn key_unknown_is_retried_every_second_until_the_patience_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let (port, seen) = proxy_knowing(&ca, "k-nobody").await;
+        let session = session_at(dir.path(), port, Duration::from_millis(2_500));
+        let started = std::time::Instant::now();
+        let response = session.call(Method::GET, "/x", &[], None).await.unwrap();
+        assert_eq!(response.error_code().as_deref(), Some("key_unknown"));
+        assert_eq!(seen.lock().unwrap().len(), 3, "t=0, 1 s, 2 s");
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        assert!(matches!(classify(&Ok(response)), Outcome::KeyRefused(_)));
     }
 
     #[test]
