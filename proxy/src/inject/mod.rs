@@ -206,27 +206,23 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
     }
 }
 
-/// The `---` line and the comment lines before a document's content: kept
-/// when the document is rewritten (the rewrite itself has no comments).
+/// What comes before a document's content — comments, directives, its `---`
+/// line — kept when the document is rewritten (the rewrite has no comments).
 fn head(chunk: &stream::Chunk<'_>) -> String {
     let mut head = String::new();
-    let mut lines = chunk.text.split_inclusive('\n');
-    if chunk.explicit_start {
-        let marker = lines.next().unwrap_or_default();
-        let rest = marker.trim_end().trim_start_matches('-').trim_start();
-        if rest.is_empty() || rest.starts_with('#') {
-            head.push_str(marker);
-        } else {
-            head.push_str("---\n");
-            return head;
-        }
-    }
-    for line in lines {
-        let t = line.trim();
-        if t.is_empty() || t.starts_with('#') {
-            head.push_str(line);
-        } else {
-            break;
+    let mut started = false;
+    for line in chunk.text.split_inclusive('\n') {
+        match stream::classify(line, !started) {
+            stream::Line::Blank | stream::Line::Directive => head.push_str(line),
+            stream::Line::Start if !started => {
+                started = true;
+                head.push_str(line);
+            }
+            stream::Line::StartWithContent => {
+                head.push_str("---\n");
+                break;
+            }
+            _ => break,
         }
     }
     head
