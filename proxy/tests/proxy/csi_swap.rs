@@ -201,6 +201,7 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
 
     let cert_b = serving_leaf(&env.ca);
     let bundle_b = format!("{}{}", env.ca.pem(), new_ca.pem());
+    let ok_before_swap = ok.load(Ordering::Relaxed);
     let swapped = Instant::now();
     dir.update(&[
         ("tls.crt", &cert_b.cert_pem),
@@ -276,10 +277,11 @@ async fn csi_symlink_swap_serves_the_new_svid_and_bundle_with_no_failed_connecti
         failed.len(),
         failed.first()
     );
+    // Connections were made before the swaps and kept succeeding after them.
+    let ok_total = ok.load(Ordering::Relaxed);
     assert!(
-        ok.load(Ordering::Relaxed) > 20,
-        "only {} connections made",
-        ok.load(Ordering::Relaxed)
+        ok_before_swap > 0 && ok_total > ok_before_swap,
+        "connections: {ok_before_swap} before the swap, {ok_total} in all"
     );
     assert!(
         env.metric("zen_proxy_reloads_total{result=\"ok\",what=\"serving_cert\"}")
