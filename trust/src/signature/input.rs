@@ -21,8 +21,9 @@ use super::SignatureError;
 pub(crate) const MAX_COMPONENTS: usize = 32;
 
 pub(crate) type Bare<'de> = BareItemFromInput<'de>;
-/// Parameters of one component identifier: usually none, one for `;sf`, `;key=` or `;name=`.
-pub(crate) type Params<'de> = SmallVec<[(&'de KeyRef, Bare<'de>); 1]>;
+/// Parameters of one component identifier: usually none (`;sf`, `;key=`, `;name=` are rare),
+/// so no inline room: it keeps `PItem` small, and an empty one does not allocate.
+pub(crate) type Params<'de> = SmallVec<[(&'de KeyRef, Bare<'de>); 0]>;
 /// Signature parameters: created, keyid, nonce, alg, expires, tag fit inline.
 pub(crate) type ListParams<'de> = SmallVec<[(&'de KeyRef, Bare<'de>); 6]>;
 /// Covered components: the profile needs 3–5; more spill to the heap.
@@ -309,6 +310,19 @@ pub(crate) fn parse_signature_input(value: &str) -> Result<(&KeyRef, PList<'_>),
 /// As [`parse_signature_input`], into `list` (which must be empty): the verifier keeps the
 /// list in place on its stack.
 pub(crate) fn parse_signature_input_into<'de>(
+    value: &'de str,
+    list: &mut PList<'de>,
+) -> Result<&'de KeyRef, SignatureError> {
+    if let Some(label) = super::canonical::parse(value, list) {
+        return Ok(label);
+    }
+    list.items.clear();
+    list.params.clear();
+    parse_signature_input_sfv(value, list)
+}
+
+/// The general path: any Structured Field dictionary, parsed by `sfv`.
+pub(crate) fn parse_signature_input_sfv<'de>(
     value: &'de str,
     list: &mut PList<'de>,
 ) -> Result<&'de KeyRef, SignatureError> {

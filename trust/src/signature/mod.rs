@@ -5,6 +5,7 @@
 //! - [`verify`] checks a received request and returns the key that signed it,
 //!   or exactly one [`SignatureError`] (a DESIGN §6 refusal code).
 
+mod canonical;
 mod components;
 mod digest;
 mod headers;
