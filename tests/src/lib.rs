@@ -160,6 +160,9 @@ pub struct StackOptions {
     pub control_yaml: String,
     /// Environment for zen-proxy, e.g. `BOOTSTRAP_REQUIRE_SPIFFE=true`.
     pub proxy_env: Vec<(String, String)>,
+    /// The proxy enrolls its own SVID with control (`tls.from_control`, token in
+    /// `proxy-token.json`) instead of the harness issuing it with `zen-control ca issue`.
+    pub proxy_svid_from_control: bool,
 }
 
 impl Stack {
@@ -206,6 +209,7 @@ impl Stack {
                 &proxy_admin,
                 control_api_port,
                 saas_port,
+                options.proxy_svid_from_control,
             ),
         )?;
         let mut stack = Stack {
@@ -221,11 +225,20 @@ impl Stack {
             proxy_env: options.proxy_env,
         };
         stack.start_control().await?;
+        if options.proxy_svid_from_control {
+            let (id, secret) = stack.token(PROXY_ID)?;
+            std::fs::write(
+                stack.path("proxy-token.json"),
+                serde_json::json!({"token_id": id, "secret": secret}).to_string(),
+            )?;
+            stack.start_proxy().await?;
+            return Ok(stack);
+        }
         let out = stack.control_cli(&[
             "ca",
             "issue",
             "--spiffe-id",
-            "spiffe://zen.local/proxy/e2e",
+            PROXY_ID,
             "--dns",
             "localhost",
             "--ip",
@@ -342,6 +355,9 @@ impl Stack {
     }
 }
 
+/// The proxy's own identity in the e2e stack.
+pub const PROXY_ID: &str = "spiffe://zen.local/proxy/e2e";
+
 fn proxy_yaml(
     dir: &Path,
     agent: u16,
@@ -349,14 +365,23 @@ fn proxy_yaml(
     admin: &str,
     control_api: u16,
     saas: u16,
+    svid_from_control: bool,
 ) -> String {
     let d = dir.display();
+    let tls = if svid_from_control {
+        format!(
+            "{{from_control: {{dir: {d}/proxy, spiffe_id: \"{PROXY_ID}\", token_file: {d}/proxy-token.json, \
+             enroll_url: \"http://127.0.0.1:{control_api}\"}}}}"
+        )
+    } else {
+        format!("{{cert_file: {d}/proxy/tls.crt, key_file: {d}/proxy/tls.key}}")
+    };
     format!(
         r#"listeners:
   agent: {{address: "127.0.0.1:{agent}", client_auth: required}}
   bootstrap: {{address: "127.0.0.1:{bootstrap}"}}
   admin: {{address: "{admin}"}}
-tls: {{cert_file: {d}/proxy/tls.crt, key_file: {d}/proxy/tls.key}}
+tls: {tls}
 trust_bundles: [{{trust_domain: zen.local, file: {d}/bundle.pem}}]
 control:
   url: https://127.0.0.1:{agent}/proxy/v1/state
@@ -377,11 +402,11 @@ routes:
   - {{name: allowlist, listener: agent, methods: [GET], path: /agent/v1/allowlist, upstream: control,
       auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
   - {{name: svid-renew, listener: agent, methods: [POST], path: /agent/v1/svid/renew, upstream: control,
-      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*", "spiffe://zen.local/proxy/*"], hmac: required}}}}
   - {{name: hmac-key, listener: agent, methods: [GET], path: /agent/v1/hmac-key, upstream: control,
-      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*", "spiffe://zen.local/proxy/*"], hmac: required}}}}
   - {{name: enroll-confirm, listener: agent, methods: [POST], path: /enroll/v1/confirm, upstream: control,
-      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*"], hmac: required}}}}
+      auth: {{spiffe: ["spiffe://zen.local/cluster/*/agent/*", "spiffe://zen.local/proxy/*"], hmac: required}}}}
   - {{name: proxy-state, listener: agent, methods: [GET], path: /proxy/v1/state, upstream: control,
       auth: {{spiffe: ["spiffe://zen.local/proxy/*"], hmac: off}}}}
   - {{name: enroll-request, listener: bootstrap, methods: [POST], path: /enroll/v1/request, upstream: control,

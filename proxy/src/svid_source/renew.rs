@@ -146,19 +146,24 @@ impl SvidSource {
         let s = &self.settings;
         let current = files::read_hmac(&s.hmac_file())?;
         let now = UnixTime::now();
-        let newest = {
+        let newest_id = {
             let keys = state.keys.load();
-            keys.iter()
+            // A key set that does not (yet, or any more) hold our current key says nothing about
+            // which of our keys is newer; signing with the current key would be key_unknown anyway.
+            if keys.get(&current.key_id).is_none() {
+                return Ok(false);
+            }
+            // The successor ends last (control issues it before the old key ends, and a forced
+            // rotation cuts the old key short); ties are broken as control breaks them.
+            let newest = keys
+                .iter()
                 .filter(|k| k.owner() == &s.spiffe_id && k.usable_at(now).is_ok())
-                .max_by_key(|k| (k.not_after(), k.key_id().to_string()))
-                .map(|k| (k.key_id().to_string(), k.not_after()))
+                .max_by_key(|k| (k.not_after(), k.not_before(), k.key_id().to_string()));
+            match newest {
+                Some(k) if k.key_id() != current.key_id => k.key_id().to_string(),
+                _ => return Ok(false),
+            }
         };
-        let Some((newest_id, newest_end)) = newest else {
-            return Ok(false);
-        };
-        if newest_id == current.key_id || newest_end <= current.not_after {
-            return Ok(false);
-        }
         let answer = self
             .call("HMAC key refresh", Method::GET, "/agent/v1/hmac-key", None)
             .await?;

@@ -16,6 +16,7 @@ use zen_e2e::{RecordingUpstream, Stack};
 mod agent_run;
 mod bootstrap_spiffe;
 mod ca_rotation;
+mod proxy_svid;
 
 const AGENT_C1: &str = "spiffe://zen.local/cluster/c1/agent/a1";
 
