@@ -12,6 +12,8 @@ mod bench;
 mod enroll;
 #[path = "control/operator.rs"]
 mod operator;
+#[path = "control/proxy_sans.rs"]
+mod proxy_sans;
 #[path = "control/proxy_sync.rs"]
 mod proxy_sync;
 #[path = "control/restart.rs"]
