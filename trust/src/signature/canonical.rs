@@ -12,6 +12,8 @@
 
 use std::borrow::Cow;
 
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine;
 use sfv::{BareItemFromInput, Integer, KeyRef, StringRef, TokenRef};
 
 use super::input::{Bare, PItem, PList, MAX_COMPONENTS};
@@ -151,12 +153,75 @@ pub(crate) fn parse<'de>(value: &'de str, list: &mut PList<'de>) -> Option<&'de 
     (c.i == value.len()).then_some(label)
 }
 
+/// sfv's byte-sequence decoder configuration (RFC 9651 §4.2.7: padding optional, trailing
+/// bits ignored), so a fast-path decode equals sfv's.
+const SF_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// `Signature` as this profile's signer sends it — exactly `label=:<base64 of 32 bytes>:` —
+/// decoded onto the stack. `None` for anything else (other members, parameters, another
+/// length), which then goes through sfv.
+pub(crate) fn parse_signature(value: &str, label: &str) -> Option<[u8; 32]> {
+    let b64 = value
+        .strip_prefix(label)?
+        .strip_prefix("=:")?
+        .strip_suffix(':')?;
+    if !b64
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    match SF_BASE64.decode_slice(b64, &mut out) {
+        Ok(32) => Some(out),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{Rng, SeedableRng};
 
-    use super::super::input::parse_signature_input_sfv;
+    use super::super::input::{parse_signature_input_sfv, parse_signature_sfv};
     use super::*;
+
+    #[test]
+    fn signature_fast_path_decodes_as_sfv_does() {
+        let mac = [0xA5u8; 32];
+        let padded = base64::engine::general_purpose::STANDARD.encode(mac);
+        let unpadded = padded.trim_end_matches('=').to_owned();
+        for v in [format!("sig1=:{padded}:"), format!("sig1=:{unpadded}:")] {
+            assert_eq!(parse_signature(&v, "sig1"), Some(mac), "{v}");
+            assert_eq!(parse_signature_sfv(&v, "sig1").unwrap(), mac.to_vec());
+        }
+        // A last character with trailing bits set decodes the same in both.
+        let mut odd = unpadded.clone();
+        odd.pop();
+        odd.push('B');
+        let v = format!("sig1=:{odd}:");
+        assert_eq!(
+            parse_signature(&v, "sig1").map(|a| a.to_vec()),
+            Some(parse_signature_sfv(&v, "sig1").unwrap())
+        );
+        for other in [
+            format!("sig10=:{padded}:"),
+            format!("sig1=:{padded}:;p=1"),
+            format!("sig1=:{padded}:, sig2=:{padded}:"),
+            format!("sig2=:{padded}:, sig1=:{padded}:"),
+            format!("sig1=:{}:", &padded[4..]),
+            format!("sig1=:{padded}AAAA:"),
+            format!("sig1=: {padded}:"),
+            format!("sig1=:{}-:", &padded[..42]),
+            "sig1=::".to_owned(),
+        ] {
+            assert_eq!(parse_signature(&other, "sig1"), None, "{other}");
+        }
+    }
 
     /// Where the fast path answers, its answer is sfv's.
     fn agrees(input: &str) -> bool {

@@ -338,8 +338,20 @@ pub(crate) fn parse_signature_input_sfv<'de>(
         .ok_or_else(|| malformed("Signature-Input has no members".into()))
 }
 
-/// The signature bytes `Signature` carries under `label`.
-pub(crate) fn parse_signature(value: &str, label: &str) -> Result<Vec<u8>, SignatureError> {
+/// The signature bytes `Signature` carries under `label` (on the stack when they are the 32
+/// bytes of an hmac-sha256 in the signer's form).
+pub(crate) fn parse_signature(
+    value: &str,
+    label: &str,
+) -> Result<SmallVec<[u8; 32]>, SignatureError> {
+    if let Some(mac) = super::canonical::parse_signature(value, label) {
+        return Ok(SmallVec::from_buf(mac));
+    }
+    parse_signature_sfv(value, label).map(SmallVec::from_vec)
+}
+
+/// The general path: any Structured Field dictionary, parsed by `sfv`.
+pub(crate) fn parse_signature_sfv(value: &str, label: &str) -> Result<Vec<u8>, SignatureError> {
     let mut v = SigMember {
         label,
         found: None,
@@ -486,8 +498,10 @@ mod tests {
         assert!(parse_signature("a=(:AAAA:)", "a").is_err());
         assert!(parse_signature("a=:AAAA:, a=:AAAA:", "a").is_err());
         assert_eq!(
-            parse_signature("b=1, a=:AAAA:;p=1", "a").unwrap(),
-            vec![0, 0, 0]
+            parse_signature("b=1, a=:AAAA:;p=1", "a")
+                .unwrap()
+                .as_slice(),
+            &[0, 0, 0]
         );
     }
 
