@@ -70,7 +70,8 @@ say "starting zen-proxy"
 PIDS+=($!)
 wait_ready proxy http://127.0.0.1:9901/readyz "$!"
 
-# The demo agent does not renew itself yet (zen-agent run): re-enroll when its SVID is near its end.
+# `zen-agent run` (started below) renews the demo agent's SVID and key while the stack runs; a stack
+# left stopped past the SVID's end needs a fresh enrollment, so re-enroll when it is near its end.
 if [ ! -s "$DEV/agent/hmac.json" ] || expiring "$DEV/agent/svid.pem" 3600; then
   rm -rf "$DEV/agent"
   say "enrolling a demo agent ($AGENT_ID)"
@@ -96,11 +97,16 @@ say "refused: the demo agent asks for another cluster's desired state"
 echo "\$ zen-agent request --dir $DEV/agent GET https://localhost:9443/agent/v1/clusters/other/desired-state"
 "$BIN/zen-agent" request --dir "$DEV/agent" GET https://localhost:9443/agent/v1/clusters/other/desired-state || true
 
+say "starting the demo agent's run loop (heartbeat, desired-state polling, SVID and key renewal)"
+"$BIN/zen-agent" run --config config/dev/agent.yaml >>"$DEV/agent.log" 2>&1 &
+PIDS+=($!)
+
 cat <<MSG
 
 The stack is up (Ctrl-C stops it):
   zen-proxy    agent :9443 (mTLS + HMAC)   bootstrap :8443   admin http://127.0.0.1:9901
   zen-control  API 127.0.0.1:8081 (behind the proxy)     admin http://127.0.0.1:9902
+  zen-agent    run loop for $AGENT_ID (config/dev/agent.yaml, log $DEV/agent.log)
   state        $DEV/   (control data: $DEV/control, logs: $DEV/*.log)
 
 Try:
