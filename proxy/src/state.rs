@@ -355,3 +355,39 @@ impl State {
         self.metrics.loaded.with_label_values(&["key_set"]).set(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_cert(not_after_year: i32) -> Arc<State> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let provider = crate::tls::install_crypto_provider();
+        let serving = ServingCert::from_pem(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Path::new("tls.crt"),
+            Path::new("tls.key"),
+            &provider,
+        )
+        .unwrap();
+        let initial = Initial {
+            serving,
+            bundles: TrustBundles::default(),
+            keys: Some(KeySet::default()),
+            revocations: Revocations::default(),
+            synced_at: None,
+        };
+        State::new(initial, RouteTable::default(), 10, Metrics::new(), None)
+    }
+
+    #[test]
+    fn not_ready_once_the_serving_certificate_expired() {
+        assert!(state_with_cert(2100).ready());
+        assert!(!state_with_cert(2020).ready());
+    }
+}

@@ -139,7 +139,6 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
 /// The real stack on free loopback ports in a temp dir: zen-control, and zen-proxy in front of it
 /// with its key set from control, plus a recording "SaaS" upstream route `/saas/v1/echo`.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub control: Option<Proc>,
     pub proxy: Option<Proc>,
     pub agent_port: u16,
@@ -149,6 +148,9 @@ pub struct Stack {
     pub control_api_port: u16,
     pub saas_port: u16,
     pub proxy_env: Vec<(String, String)>,
+    /// Last: fields drop in order, so the processes are killed (and their logs printed on a
+    /// failure) before the directory holding the logs is removed.
+    pub dir: tempfile::TempDir,
 }
 
 /// What a scenario changes in the stack [`Stack::start_with`] brings up.
