@@ -34,6 +34,9 @@ pub(crate) type Items<'de> = SmallVec<[PItem<'de>; 8]>;
 pub(crate) struct PItem<'de> {
     pub bare: Bare<'de>,
     pub params: Params<'de>,
+    /// The item's text as received when that is already its canonical serialisation (set by
+    /// the canonical fast path, `canonical.rs`); `write_to` then copies it.
+    pub canonical: Option<&'de str>,
 }
 
 impl PartialEq for PItem<'_> {
@@ -51,6 +54,10 @@ impl PartialEq for PItem<'_> {
 impl PItem<'_> {
     /// The item serialised as a structured field (the component identifier).
     pub fn write_to(&self, out: &mut String) {
+        if let Some(text) = self.canonical {
+            out.push_str(text);
+            return;
+        }
         write_bare(&self.bare, out);
         write_params(&self.params, out);
     }
@@ -122,12 +129,18 @@ fn write_params(params: &[(&KeyRef, Bare<'_>)], out: &mut String) {
 pub(crate) struct PList<'de> {
     pub items: Items<'de>,
     pub params: ListParams<'de>,
+    /// As [`PItem::canonical`], for the whole inner list with its parameters.
+    pub canonical: Option<&'de str>,
 }
 
 impl PList<'_> {
     /// The inner list serialised; SF serialisation is canonical, so this is
     /// what any conforming signer produced (RFC 9421 §2.3 `@signature-params`).
     pub fn write_to(&self, out: &mut String) {
+        if let Some(text) = self.canonical {
+            out.push_str(text);
+            return;
+        }
         out.push('(');
         for (i, item) in self.items.iter().enumerate() {
             if i > 0 {
@@ -185,6 +198,7 @@ impl<'de> ItemVisitor<'de> for ItemCollector<'_, 'de> {
         self.items.push(PItem {
             bare,
             params: SmallVec::new(),
+            canonical: None,
         });
         match self.items.last_mut() {
             Some(item) => Ok(ParamCollector {
@@ -316,8 +330,7 @@ pub(crate) fn parse_signature_input_into<'de>(
     if let Some(label) = super::canonical::parse(value, list) {
         return Ok(label);
     }
-    list.items.clear();
-    list.params.clear();
+    *list = PList::default();
     parse_signature_input_sfv(value, list)
 }
 

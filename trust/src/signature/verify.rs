@@ -266,7 +266,13 @@ pub(crate) type Components<'a, 'de> = SmallVec<[Component<'a, 'de>; 8]>;
 pub(crate) fn parse_components<'a, 'de>(
     list: &'a PList<'de>,
 ) -> Result<Components<'a, 'de>, SignatureError> {
-    list.items.iter().map(Component::parse).collect()
+    // A plain loop: collecting a `Result` iterator into the SmallVec cost ≈ 6 % of a GET
+    // verify (perf), mostly iterator-adapter overhead.
+    let mut out = Components::new();
+    for item in &list.items {
+        out.push(Component::parse(item)?);
+    }
+    Ok(out)
 }
 
 /// The RFC 9421 signature base for a request and one `Signature-Input`
