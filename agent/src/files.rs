@@ -117,26 +117,62 @@ pub fn read_hmac(path: &Path) -> Result<HmacKeyFile, FilesError> {
     serde_json::from_slice(&bytes).map_err(|e| invalid(path, format!("not a valid hmac.json: {e}")))
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename) with `mode`,
-/// so a reader never sees a half-written credential.
+/// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename, fsync of the
+/// dir) with `mode`, so a reader never sees a half-written credential.
+///
+/// The temp file is always created fresh (`O_EXCL`, after removing a stale one) under a name of
+/// its own per target file and per call, and removed when the write fails: a leftover from a failed or crashed write can never
+/// be reused, and reusing one would keep *its* mode (`open` applies `mode` only to a new file) —
+/// e.g. a 0644 `svid.pem` temp file becoming `svid.key`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesError> {
     use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+
     let err = |source| FilesError::Write {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    file.write_all(bytes).map_err(err)?;
-    file.sync_all().map_err(err)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(err)
+    let name = path.file_name().ok_or_else(|| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        ))
+    })?;
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        // Only a crashed process with this PID could have left this name; never write through it.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(source));
+    }
+    // The rename itself must reach the disk, and in the order the caller wrote (key before chain).
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)
 }
 
 #[cfg(test)]
@@ -178,6 +214,49 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file_that_loosens_the_next_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // svid.pem cannot be replaced (a non-empty directory is in the way): the write fails.
+        std::fs::create_dir_all(dir.path().join(SVID_CHAIN).join("x")).unwrap();
+        assert!(write_atomic(&dir.path().join(SVID_CHAIN), b"chain", 0o644).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![SVID_CHAIN], "the failed write left a temp file");
+
+        // The next write of the private key gets its own mode, not a leftover's 0644.
+        let key = dir.path().join(SVID_KEY);
+        write_atomic(&key, b"key", 0o600).unwrap();
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "svid.key is {mode:o}");
+    }
+
+    #[test]
+    fn a_stale_temp_file_is_never_written_through() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // What a crashed write (same PID after a container restart) could leave behind, under
+        // every name a temp file of svid.key might take.
+        let other = dir.path().join("elsewhere");
+        std::fs::write(&other, b"untouched").unwrap();
+        for stale in [
+            format!("svid.tmp.{}", std::process::id()),
+            format!(".svid.key.{}.0.tmp", std::process::id()),
+        ] {
+            std::os::unix::fs::symlink(&other, dir.path().join(stale)).unwrap();
+        }
+        let key = dir.path().join(SVID_KEY);
+        write_atomic(&key, b"key", 0o600).unwrap();
+        assert_eq!(std::fs::read(&other).unwrap(), b"untouched");
+        assert_eq!(std::fs::read(&key).unwrap(), b"key");
+        let meta = std::fs::symlink_metadata(&key).unwrap();
+        assert!(meta.file_type().is_file(), "svid.key is a regular file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
