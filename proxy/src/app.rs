@@ -153,26 +153,28 @@ fn tls_settings(
     allow_tls12: bool,
 ) -> Result<TlsSettings> {
     let metrics = state.metrics.clone();
+    let verifier = Arc::new(SpiffeClientVerifier::new(
+        state.bundles.clone(),
+        mandatory,
+        allow_tls12,
+        listener,
+        metrics.clone(),
+        provider.clone(),
+    ));
     let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallback {
         listener,
         allow_tls12,
         metrics: metrics.clone(),
+        verifier: verifier.clone(),
     }))
     .context("TLS settings")?;
     tls.set_cert_resolver(Arc::new(ServingCertResolver::new(
         state.serving.clone(),
         allow_tls12,
         listener,
-        metrics.clone(),
-    )));
-    tls.set_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(
-        state.bundles.clone(),
-        mandatory,
-        allow_tls12,
-        listener,
         metrics,
-        provider.clone(),
     )));
+    tls.set_client_cert_verifier(verifier);
     tls.enable_h2();
     Ok(tls)
 }

@@ -11,8 +11,11 @@ use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use zen_trust::SpiffeId;
 
+use rustls_pki_types::UnixTime;
+
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
+use crate::tls::verifier::SpiffeClientVerifier;
 
 /// A verified client SVID.
 #[derive(Debug)]
@@ -39,6 +42,9 @@ pub struct HandshakeCallback {
     pub listener: &'static str,
     pub allow_tls12: bool,
     pub metrics: Metrics,
+    /// The listener's client-certificate verifier, run again here (see
+    /// [`SpiffeClientVerifier::check`]: resumed sessions skip it otherwise).
+    pub verifier: Arc<SpiffeClientVerifier>,
 }
 
 impl HandshakeCallback {
@@ -48,12 +54,14 @@ impl HandshakeCallback {
         if !self.allow_tls12 && !tls13 {
             return ConnIdentity::Refused(Refusal::TlsVersion);
         }
-        let Some(der) = tls.peer_certificate_der() else {
+        let Some((leaf, intermediates)) = tls.peer_cert_chain_der().and_then(|c| c.split_first())
+        else {
             return ConnIdentity::Anonymous;
         };
-        // The verifier already accepted this leaf; this parse is the one
-        // place its identity is extracted for the connection's lifetime.
-        match zen_trust::check_svid_leaf(der, zen_trust::UnixTime::now()) {
+        // On a full handshake the verifier has just accepted this chain; on a resumption it has
+        // not run at all, and the bundle may have changed since. Check again against the bundle
+        // as it is now; this is also the one place the connection's identity is extracted.
+        match self.verifier.check(leaf, intermediates, UnixTime::now()) {
             Ok(leaf) => {
                 let hash = leaf.der_sha256_hex();
                 let xfcc = format!("Hash={hash};URI={}", leaf.spiffe_id.as_str());
@@ -70,7 +78,11 @@ impl HandshakeCallback {
                     _ => ConnIdentity::Refused(Refusal::ClientCertRequired),
                 }
             }
-            Err(_) => ConnIdentity::Refused(Refusal::ClientCertRequired),
+            Err((result, err)) => {
+                // Counted once, by the caller, as `client_cert_required`.
+                tracing::debug!(listener = self.listener, result, %err, "client certificate no longer verifies");
+                ConnIdentity::Refused(Refusal::ClientCertRequired)
+            }
         }
     }
 }

@@ -113,6 +113,44 @@ impl SpiffeClientVerifier {
         }
     }
 
+    /// The whole client-certificate check against the trust bundles as they are now: the
+    /// X.509-SVID leaf rules, then the chain to an anchor of the leaf's own trust domain. Returns
+    /// the parsed leaf, or the handshake-metric label and the TLS error.
+    ///
+    /// The handshake callback runs it again: on a TLS 1.3 resumption rustls restores the client
+    /// certificate from its session cache without calling the verifier, so a CA that left the
+    /// bundle since the session was made would otherwise still vouch for the connection.
+    pub fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<zen_trust::SvidLeaf, (&'static str, rustls::Error)> {
+        let leaf =
+            zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(now.as_secs() as i64))
+                .map_err(|e| ("svid_invalid", other(e)))?;
+        let bundles = self.bundles.load();
+        let Some(anchors) = bundles.anchors(leaf.spiffe_id.trust_domain()) else {
+            return Err((
+                "unknown_trust_domain",
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            ));
+        };
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| ("bad_certificate", webpki_to_rustls(e)))?;
+        ee.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| ("chain_invalid", webpki_to_rustls(e)))?;
+        Ok(leaf)
+    }
+
     fn reject(&self, result: &'static str, err: rustls::Error) -> rustls::Error {
         self.metrics
             .tls_handshakes
@@ -161,29 +199,9 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let leaf =
-            zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(now.as_secs() as i64))
-                .map_err(|e| self.reject("svid_invalid", other(e)))?;
-        let bundles = self.bundles.load();
-        let Some(anchors) = bundles.anchors(leaf.spiffe_id.trust_domain()) else {
-            return Err(self.reject(
-                "unknown_trust_domain",
-                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
-            ));
-        };
-        let ee = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| self.reject("bad_certificate", webpki_to_rustls(e)))?;
-        ee.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
-            anchors,
-            intermediates,
-            now,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| self.reject("chain_invalid", webpki_to_rustls(e)))?;
-        Ok(ClientCertVerified::assertion())
+        self.check(end_entity, intermediates, now)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|(result, err)| self.reject(result, err))
     }
 
     fn verify_tls12_signature(

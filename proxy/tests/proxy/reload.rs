@@ -349,3 +349,53 @@ async fn trust_bundle_rotation_admits_the_new_ca_after_reload() {
     // The old CA still works during the rotation.
     assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
 }
+
+/// TLS 1.3 resumption restores the client certificate from the session cache without running the
+/// client-certificate verifier again; the handshake callback must check the chain against the
+/// bundle as it is now, or a CA removed from the bundle keeps working for resumed sessions.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_removed_from_the_bundle_is_refused_on_a_resumed_session() {
+    let env = Env::start().await;
+    let new_ca = super::pki::Ca::new("zen.local");
+    let leaf = new_ca.leaf(A1, LeafOpts::default());
+    // One client config (so one session cache): the second connection resumes the first's session.
+    let cfg = super::client::client_config(&env.ca.pem(), Some(&leaf), false);
+    let req = || Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+
+    let bundle = format!("{}{}", env.ca.pem(), new_ca.pem());
+    write_atomic(&env.dir.path().join("bundle.pem"), bundle.as_bytes());
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"trust_bundles\"}",
+        1.0,
+    )
+    .await;
+    let first = super::client::once(env.agent_addr, cfg.clone(), &req())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200);
+
+    // The new CA leaves the bundle again.
+    write_atomic(&env.dir.path().join("bundle.pem"), env.ca.pem().as_bytes());
+    wait_metric(
+        &env,
+        "zen_proxy_reloads_total{result=\"ok\",what=\"trust_bundles\"}",
+        2.0,
+    )
+    .await;
+    let forwarded = env.upstream.requests().len();
+    match super::client::once(env.agent_addr, cfg, &req()).await {
+        Ok(resp) => assert_eq!(
+            (resp.status, resp.error_code()),
+            (401, "client_cert_required".to_owned()),
+            "a resumed session kept an identity whose CA left the bundle: {resp:?}"
+        ),
+        // A full handshake (no resumption) is refused by the verifier: also correct.
+        Err(_) => {}
+    }
+    assert_eq!(
+        env.upstream.requests().len(),
+        forwarded,
+        "a refused request reached the upstream"
+    );
+}
