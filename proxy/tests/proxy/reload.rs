@@ -384,14 +384,13 @@ async fn a_ca_removed_from_the_bundle_is_refused_on_a_resumed_session() {
     )
     .await;
     let forwarded = env.upstream.requests().len();
-    match super::client::once(env.agent_addr, cfg, &req()).await {
-        Ok(resp) => assert_eq!(
+    // A full handshake (no resumption) would be refused by the verifier: also correct.
+    if let Ok(resp) = super::client::once(env.agent_addr, cfg, &req()).await {
+        assert_eq!(
             (resp.status, resp.error_code()),
             (401, "client_cert_required".to_owned()),
             "a resumed session kept an identity whose CA left the bundle: {resp:?}"
-        ),
-        // A full handshake (no resumption) is refused by the verifier: also correct.
-        Err(_) => {}
+        );
     }
     assert_eq!(
         env.upstream.requests().len(),
