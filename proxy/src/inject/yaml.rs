@@ -15,6 +15,10 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 /// Nesting deeper than this is refused instead of recursing further.
 const MAX_DEPTH: usize = 256;
+/// Nodes a document may hold beyond two per byte of its text. Every alias is a copy of what its
+/// anchor names, so without a bound a few hundred bytes of nested aliases ("billion laughs") would
+/// expand to billions of nodes; a document without aliases never comes near it.
+const ALIAS_ALLOWANCE: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scalar {
@@ -202,6 +206,8 @@ pub fn parse_document(text: &str, first_line: usize) -> Result<Option<Node>, Par
         chars: text.chars().collect(),
         anchors: HashMap::new(),
         first_line,
+        nodes: 0,
+        max_nodes: ALIAS_ALLOWANCE.saturating_add(text.len().saturating_mul(2)),
     };
     let mut root = None;
     loop {
@@ -227,8 +233,12 @@ struct Builder<'a> {
     parser: Parser<std::str::Chars<'a>>,
     /// The text by char (markers count chars), to see `{` / `[` openings.
     chars: Vec<char>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchor's node and how many nodes a copy of it holds.
+    anchors: HashMap<usize, (Node, usize)>,
     first_line: usize,
+    /// Nodes built so far, alias copies and stored anchors included.
+    nodes: usize,
+    max_nodes: usize,
 }
 
 impl Builder<'_> {
@@ -253,9 +263,28 @@ impl Builder<'_> {
         self.chars.get(start.index()) == Some(&open) && start.line() == end.line()
     }
 
+    /// Counts `n` more nodes against the document's bound.
+    fn count(&mut self, n: usize, mark: Marker) -> Result<(), ParseError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > self.max_nodes {
+            return Err(self.error(
+                mark,
+                &format!(
+                    "aliases expand the document to more than {} nodes",
+                    self.max_nodes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn node(&mut self, ev: Event, mark: Marker, depth: usize) -> Result<Node, ParseError> {
         if depth > MAX_DEPTH {
             return Err(self.error(mark, "nested too deeply"));
+        }
+        let before = self.nodes;
+        if !matches!(ev, Event::Alias(_)) {
+            self.count(1, mark)?;
         }
         let (node, anchor) = match ev {
             Event::Scalar(value, style, anchor, tag) => {
@@ -291,16 +320,20 @@ impl Builder<'_> {
             // An alias stands for a copy of what its anchor names; Kubernetes
             // reads it the same way.
             Event::Alias(id) => {
-                return self
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| self.error(mark, "alias to an unknown anchor"));
+                let size = match self.anchors.get(&id) {
+                    Some((_, size)) => *size,
+                    None => return Err(self.error(mark, "alias to an unknown anchor")),
+                };
+                self.count(size, mark)?;
+                return Ok(self.anchors[&id].0.clone());
             }
             _ => return Err(self.error(mark, "unexpected YAML event")),
         };
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            // The stored copy counts too: nested anchors each keep one.
+            let size = self.nodes - before;
+            self.count(size, mark)?;
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         Ok(node)
     }
@@ -668,6 +701,27 @@ mod tests {
         );
         let n = parse_document("a: !!map {x: 1}\n", 1).unwrap().unwrap();
         assert_eq!(emit(&n), Err(EmitError::CollectionTag("a".into())));
+    }
+
+    #[test]
+    fn aliases_that_expand_without_bound_are_refused() {
+        // Six levels of ten aliases each: a few hundred bytes, over a million nodes expanded.
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..6 {
+            let prev = format!("*a{}", level - 1);
+            let items = vec![prev.as_str(); 10].join(", ");
+            src.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        let started = std::time::Instant::now();
+        let e = parse_document(&src, 3).unwrap_err();
+        assert!(e.message.contains("aliases expand"), "{e}");
+        assert!((4..=8).contains(&e.line), "names the line of an alias: {e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+        // Ordinary use of anchors (shared env, labels) is untouched.
+        let ok = "base: &b {x: 1, y: [1, 2]}\none: *b\ntwo: *b\nlist: [*b, *b]\n";
+        let n = parse_document(ok, 1).unwrap().unwrap();
+        assert_eq!(n.get("two"), n.get("base"));
     }
 
     #[test]
