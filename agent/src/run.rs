@@ -381,3 +381,87 @@ fn key_failure(agent: &Agent, e: &KeyError, backoff: &mut Backoff) -> Duration {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::fixture;
+
+    const ID: &str = "spiffe://zen.local/cluster/c1/agent/a1";
+
+    fn agent_at(dir: &std::path::Path, port: u16) -> Arc<Agent> {
+        let config = AgentConfig {
+            files_dir: dir.to_owned(),
+            server: format!("https://localhost:{port}"),
+            heartbeat_interval: Duration::from_millis(100),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(200),
+            ..AgentConfig::default()
+        };
+        let session = Session::load(
+            dir,
+            &config.server,
+            SessionOptions {
+                request_timeout: Duration::from_secs(5),
+                key_unknown_patience: Duration::from_secs(1),
+            },
+        )
+        .unwrap();
+        Arc::new(Agent {
+            session,
+            config,
+            cluster_id: "c1".into(),
+            key_wake: Notify::new(),
+            key_dead: AtomicBool::new(false),
+        })
+    }
+
+    /// A CA rotation reaches the agent through its heartbeat answer: bundle.pem is rewritten and
+    /// the next connection verifies with the new roots, while the SVID stays the same.
+    #[tokio::test]
+    async fn a_heartbeat_answer_with_a_new_bundle_rewrites_bundle_pem_and_swaps_the_tls_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let both = format!("{}{}", ca.pem, fixture::ca().pem);
+        let answer = serde_json::json!({ "trust_bundle_pem": both }).to_string();
+        let heartbeats = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = heartbeats.clone();
+        let port = fixture::https_server(&ca, move |head| {
+            if head.starts_with("post /agent/v1/heartbeat ") {
+                counted.fetch_add(1, Ordering::SeqCst);
+                ("200 OK", answer.clone())
+            } else {
+                ("404 Not Found", r#"{"error":"no_route"}"#.to_owned())
+            }
+        })
+        .await;
+        let agent = agent_at(dir.path(), port);
+        let before = agent.session.identity();
+        assert_eq!(before.bundle.len(), 1);
+
+        let task = tokio::spawn(heartbeat_loop(agent.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while heartbeats.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        assert!(
+            heartbeats.load(Ordering::SeqCst) >= 3,
+            "heartbeats were sent"
+        );
+
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(files::BUNDLE)).unwrap(),
+            both,
+            "bundle.pem holds the bundle the heartbeat carried"
+        );
+        let after = agent.session.identity();
+        assert_eq!(
+            after.bundle.len(),
+            2,
+            "the session verifies with both roots"
+        );
+        assert!(!Arc::ptr_eq(&before.tls, &after.tls), "TLS config swapped");
+        assert_eq!(after.leaf, before.leaf, "the SVID is untouched");
+    }
+}

@@ -470,6 +470,67 @@ pub(crate) mod fixture {
 
     pub(crate) const HMAC: &str = r#"{"key_id":"k-first","secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==","not_after":"2099-01-01T00:00:00Z"}"#;
 
+    /// An HTTPS server on 127.0.0.1 with a `localhost` certificate from `ca`, one request per
+    /// connection: `respond` gets the request head (lowercased) and returns status line and JSON
+    /// body. Returns its port; the server lives until the runtime ends.
+    pub(crate) async fn https_server<F>(ca: &Ca, respond: F) -> u16
+    where
+        F: Fn(&str) -> (&'static str, String) + Send + Sync + 'static,
+    {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (chain, key) = server(ca);
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                // Read the body too: closing with unread bytes would reset the connection.
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|n| n.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                if tls.read_exact(&mut body).await.is_err() {
+                    continue;
+                }
+                let (status, body) = respond(&head);
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        port
+    }
+
     /// A complete, valid credential directory for `id`; returns the CA that signed it.
     pub(crate) fn write_dir(dir: &Path, id: &str) -> Ca {
         let ca = ca();
@@ -578,61 +639,26 @@ mod tests {
         ca: &fixture::Ca,
         known: &'static str,
     ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
-        use rustls_pki_types::pem::PemObject;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (chain, key) = fixture::server(ca);
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            CertificateDer::pem_slice_iter(chain.as_bytes())
-                .collect::<Result<_, _>>()
-                .unwrap(),
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let keyid = head
-                    .split("keyid=\"")
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or_default()
-                    .to_owned();
-                log.lock().unwrap().push(keyid.clone());
-                let (status, body) = if keyid == known {
-                    ("200 OK", r#"{"ok":true}"#)
-                } else {
-                    (
-                        "401 Unauthorized",
-                        r#"{"error":"key_unknown","detail":"no such key"}"#,
-                    )
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
+        let port = fixture::https_server(ca, move |head| {
+            let keyid = head
+                .split("keyid=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+                .to_owned();
+            log.lock().unwrap().push(keyid.clone());
+            if keyid == known {
+                ("200 OK", r#"{"ok":true}"#.to_owned())
+            } else {
+                (
+                    "401 Unauthorized",
+                    r#"{"error":"key_unknown","detail":"no such key"}"#.to_owned(),
+                )
             }
-        });
+        })
+        .await;
         (port, seen)
     }
 
