@@ -80,8 +80,10 @@ pub async fn renew_svid(dir: &Path, server: &str) -> Result<Renewed, RenewError>
 /// When an SVID valid `not_before..not_after`, obtained at `obtained_at`, is due for renewal:
 /// after `fraction` of its lifetime. The lifetime starts at the later of `notBefore` and when the
 /// agent obtained it, because CAs backdate `notBefore` for clock skew (zen-control by 60 s): a
-/// 60 s SVID backdated 60 s would otherwise be due the moment it arrives. The result is always
-/// before `not_after`.
+/// 60 s SVID backdated 60 s would otherwise be due the moment it arrives. The result is at least
+/// a second after the start (control caps an SVID at its CA's notAfter, so near that time each
+/// renewal returns an SVID with only seconds left: without the floor a small `fraction` would make
+/// it due at once, again and again) and never after `not_after`.
 pub fn renew_at(
     not_before: UnixTime,
     not_after: UnixTime,
@@ -90,7 +92,13 @@ pub fn renew_at(
 ) -> UnixTime {
     let start = not_before.max(obtained_at).min(not_after);
     let lifetime = (not_after.as_secs() - start.as_secs()) as f64;
-    UnixTime(start.as_secs() + (lifetime * fraction).round() as i64)
+    let wait = ((lifetime * fraction).round() as i64).max(1);
+    UnixTime(
+        start
+            .as_secs()
+            .saturating_add(wait)
+            .min(not_after.as_secs()),
+    )
 }
 
 /// How long from `now` until `due` (zero when it has passed).
@@ -215,6 +223,14 @@ mod tests {
         assert_eq!(renew_at(nb, na, UnixTime(900), 0.5), UnixTime(1_000));
         // Obtained after it expired (e.g. a copied file): due at notAfter, never later.
         assert_eq!(renew_at(nb, na, UnixTime(2_000), 0.5), na);
+        // Seconds left (an SVID capped at its CA's notAfter) and a small fraction: still a
+        // second apart, never due the moment it was obtained.
+        let (obtained, capped) = (UnixTime(5_000), UnixTime(5_009));
+        assert_eq!(
+            renew_at(UnixTime(4_940), capped, obtained, 0.05),
+            UnixTime(5_001)
+        );
+        assert_eq!(renew_at(UnixTime(4_940), capped, capped, 0.05), capped);
         // A broken certificate whose notAfter precedes notBefore is due at once.
         assert_eq!(
             renew_at(UnixTime(100), UnixTime(50), UnixTime(100), 0.5),
