@@ -189,6 +189,7 @@ pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<Inj
                 Ok(text) => {
                     output.push_str(&head(&chunk));
                     output.push_str(&text);
+                    output.push_str(end_marker(&chunk));
                 }
                 Err(e) => errors.push(InjectError {
                     at,
@@ -226,6 +227,15 @@ fn head(chunk: &stream::Chunk<'_>) -> String {
         }
     }
     head
+}
+
+/// The `...` line that ends a document, kept when the document is rewritten:
+/// without it a bare document after it would run on into the rewritten one.
+fn end_marker<'a>(chunk: &stream::Chunk<'a>) -> &'a str {
+    match chunk.text.split_inclusive('\n').next_back() {
+        Some(line) if stream::classify(line, false) == stream::Line::End => line,
+        _ => "",
+    }
 }
 
 /// Injects one document (an object or a `List` of them); true when it changed.
@@ -341,5 +351,42 @@ fn read_input(file: &std::path::Path) -> Result<(String, String), String> {
         let s = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         Ok((file.display().to_string(), s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar() -> Sidecar {
+        Sidecar {
+            image: "zen-mesh/zen-proxy:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            config_map: "zen-proxy-config".into(),
+            cpu_request: "100m".into(),
+            memory_request: "64Mi".into(),
+            cpu_limit: None,
+            memory_limit: None,
+            uid: 10001,
+            version: "test".into(),
+        }
+    }
+
+    #[test]
+    fn a_document_ended_by_dots_stays_apart_from_the_bare_document_after_it() {
+        let input = "kind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: app\n    image: app\n...\nkind: Service\nmetadata:\n  name: s\n";
+        let out = inject_stream(input, &sidecar()).unwrap().output;
+        let docs: Vec<Node> = stream::split(&out)
+            .iter()
+            .filter_map(|c| yaml::parse_document(c.text, c.first_line).unwrap())
+            .collect();
+        let kinds: Vec<_> = docs.iter().map(|d| workload::kind_of(d).unwrap()).collect();
+        assert_eq!(kinds, ["Pod", "Service"], "{out}");
+        assert!(
+            out.ends_with("...\nkind: Service\nmetadata:\n  name: s\n"),
+            "{out}"
+        );
+        // And injecting the result again changes nothing.
+        assert_eq!(inject_stream(&out, &sidecar()).unwrap().output, out);
     }
 }
