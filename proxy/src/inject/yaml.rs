@@ -304,12 +304,21 @@ impl Builder<'_> {
             }
             Event::MappingStart(anchor, tag) => {
                 let mut entries = Vec::new();
+                let mut keys = std::collections::HashSet::new();
                 let end = loop {
                     let (ev, m) = self.next()?;
                     if ev == Event::MappingEnd {
                         break m;
                     }
                     let key = self.node(ev, m, depth + 1)?;
+                    // Lookups take the first of two equal keys, Kubernetes' lenient
+                    // reader the last: a sidecar added to one `containers` would be
+                    // dropped with the other. YAML forbids duplicates; so do we.
+                    if let Some(k) = key.as_str() {
+                        if !keys.insert(k.to_owned()) {
+                            return Err(self.error(m, &format!("duplicate key {k:?}")));
+                        }
+                    }
                     let (ev, m) = self.next()?;
                     let value = self.node(ev, m, depth + 1)?;
                     entries.push((key, value));
@@ -722,6 +731,20 @@ mod tests {
         let ok = "base: &b {x: 1, y: [1, 2]}\none: *b\ntwo: *b\nlist: [*b, *b]\n";
         let n = parse_document(ok, 1).unwrap().unwrap();
         assert_eq!(n.get("two"), n.get("base"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let e = parse_document(
+            "spec:\n  containers:\n  - name: a\n  containers:\n  - name: b\n",
+            10,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("duplicate key \"containers\""), "{e}");
+        assert_eq!(e.line, 13, "{e}");
+        assert!(parse_document("{a: 1, 'a': 2}\n", 1).is_err());
+        // The same key in different mappings is fine.
+        assert!(parse_document("a: {x: 1}\nb: {x: 1}\n", 1).is_ok());
     }
 
     #[test]
