@@ -112,6 +112,19 @@ say "up: pod, control, init, proxy and 3 agents (project $project, agent port $Z
 compose up -d --scale agent=3 >/dev/null 2>&1 || { compose up -d --scale agent=3; fail "compose up"; }
 wait_healthy 180 || fail "services not healthy"
 say "all services healthy"
+proxy_enrollment() {
+    ctl agent list --output json | python3 -c '
+import json, sys
+print(next((a["status"] for a in json.load(sys.stdin) if a["spiffe_id"] == "spiffe://zen.local/proxy/compose"), "absent"))'
+}
+# The proxy confirms its enrollment through its own agent listener once its key has reached it.
+for _ in $(seq 1 30); do
+    proxy_status=$(proxy_enrollment)
+    [[ $proxy_status == active ]] && break
+    sleep 1
+done
+[[ $proxy_status == active ]] || fail "the proxy's own enrollment is $proxy_status after 30 s, want active (confirmed)"
+say "the proxy enrolled and confirmed its own SVID (spiffe://zen.local/proxy/compose)"
 
 t0=$(date +%s)
 wait_heartbeats_after "$t0" 60 || fail "3 agents enrolled and heartbeating"

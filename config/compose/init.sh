@@ -1,8 +1,9 @@
 #!/bin/bash
 # One-shot init service: runs once zen-control is healthy, through its operator socket (shared
 # control-data volume). Idempotent: every `docker compose up` runs it again.
-#  1. issues the proxy's serving SVID into the proxy-identity volume (cert-manager layout:
-#     tls.crt, tls.key, ca.crt), with the DNS names agents and the host use to reach it;
+#  1. leaves a one-use enrollment token for the proxy's own SVID in the proxy-identity volume
+#     (the proxy enrolls with it on its first start, or when its SVID there has expired, and renews
+#     the SVID itself afterwards; an unused token expires after an hour);
 #  2. publishes the trust bundle agents enroll with (tokens volume, bundle.pem);
 #  3. creates one bootstrap token per agent slot not yet claimed (ZEN_AGENT_SLOTS, default 8):
 #     tokens/pending/aN.env, which an agent container claims by renaming it into tokens/claimed/.
@@ -14,10 +15,11 @@ slots="${ZEN_AGENT_SLOTS:-8}"
 cluster="${ZEN_CLUSTER_ID:-compose}"
 ctl() { zen-control --socket "$sock" "$@"; }
 
-ctl ca issue --spiffe-id spiffe://zen.local/proxy/compose \
-    --dns localhost --dns pod --ip 127.0.0.1 --out /var/lib/zen-proxy/identity
-
 umask 077
+ctl token create --spiffe-id spiffe://zen.local/proxy/compose --ttl 1h --output json \
+    >/var/lib/zen-proxy/identity/.enroll-token.json.tmp
+mv -f /var/lib/zen-proxy/identity/.enroll-token.json.tmp /var/lib/zen-proxy/identity/enroll-token.json
+
 mkdir -p "$tokens/pending" "$tokens/claimed"
 cp /var/lib/zen-control/bundle.pem "$tokens/.bundle.pem.tmp"
 chmod 0644 "$tokens/.bundle.pem.tmp"
@@ -38,4 +40,4 @@ for i in $(seq 1 "$slots"); do
     mv -f "$tokens/pending/.$slot.tmp" "$tokens/pending/$slot.env"
     created=$((created + 1))
 done
-echo "init: proxy identity issued; $created bootstrap token(s) pending; $(ls "$tokens/claimed" | wc -l) slot(s) claimed"
+echo "init: proxy enrollment token ready; $created bootstrap token(s) pending; $(ls "$tokens/claimed" | wc -l) slot(s) claimed"
