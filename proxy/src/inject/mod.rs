@@ -359,17 +359,7 @@ mod tests {
     use super::*;
 
     fn sidecar() -> Sidecar {
-        Sidecar {
-            image: "zen-mesh/zen-proxy:test".into(),
-            image_pull_policy: "IfNotPresent".into(),
-            config_map: "zen-proxy-config".into(),
-            cpu_request: "100m".into(),
-            memory_request: "64Mi".into(),
-            cpu_limit: None,
-            memory_limit: None,
-            uid: 10001,
-            version: "test".into(),
-        }
+        Sidecar::for_tests()
     }
 
     #[test]

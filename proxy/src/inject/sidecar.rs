@@ -45,6 +45,22 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The defaults of `zen-proxy inject`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Sidecar {
+        Sidecar {
+            image: "zen-mesh/zen-proxy:test".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            config_map: "zen-proxy-config".into(),
+            cpu_request: "100m".into(),
+            memory_request: "64Mi".into(),
+            cpu_limit: None,
+            memory_limit: None,
+            uid: 10001,
+            version: "test".into(),
+        }
+    }
+
     pub fn container(&self) -> Node {
         let probe = |path: &str, period: i64| {
             Node::map([

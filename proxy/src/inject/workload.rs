@@ -291,7 +291,7 @@ pub fn inject(obj: &mut Node, kind: &str, sidecar: &Sidecar) -> Result<Outcome, 
                 let port = p
                     .get("containerPort")
                     .and_then(Node::as_str)
-                    .and_then(|s| s.parse::<u16>().ok());
+                    .and_then(yaml11_port);
                 if let Some((_, taken)) = sidecar::PORTS.iter().find(|(_, n)| Some(*n) == port) {
                     return Err(Reason::PortTaken {
                         field: format!("{ports}[{j}].containerPort"),
@@ -318,6 +318,22 @@ pub fn inject(obj: &mut Node, kind: &str, sidecar: &Sidecar) -> Result<Outcome, 
     Ok(Outcome::Injected)
 }
 
+/// A port as Kubernetes' YAML 1.1 reader takes the integer: `9443`, `+9443`, `9_443`,
+/// `0x24e3`, `0b…` and `022343` (octal) are all 9443.
+fn yaml11_port(text: &str) -> Option<u16> {
+    let digits: String = text.trim_start_matches('+').replace('_', "");
+    let (radix, digits) = if let Some(hex) = digits.strip_prefix("0x") {
+        (16, hex)
+    } else if let Some(bin) = digits.strip_prefix("0b") {
+        (2, bin)
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        (8, &digits[1..])
+    } else {
+        (10, digits.as_str())
+    };
+    u16::from_str_radix(digits, radix).ok()
+}
+
 fn node_at_mut<'a>(obj: &'a mut Node, path: &[&str]) -> &'a mut Node {
     let mut cur = obj;
     for key in path {
@@ -336,5 +352,46 @@ fn annotate(obj: &mut Node, meta_path: &[&str], version: &str) {
                 entries.push((Node::str(sidecar::INJECTED_ANNOTATION), Node::str(version)));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hex_or_octal_container_port_on_a_sidecar_port_is_refused() {
+        let sidecar = Sidecar::for_tests();
+        for port in ["0x24e3", "022343"] {
+            let text = format!(
+                "kind: Pod\nspec:\n  containers:\n  - name: app\n    ports:\n    - containerPort: {port}\n"
+            );
+            let mut pod = super::super::yaml::parse_document(&text, 1)
+                .unwrap()
+                .unwrap();
+            let refused = inject(&mut pod, "Pod", &sidecar);
+            assert!(
+                matches!(refused, Err(Reason::PortTaken { port: 9443, .. })),
+                "{port}: {refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sidecar_port_is_found_in_every_form_a_yaml_1_1_reader_takes_as_it() {
+        for text in [
+            "9443",
+            "+9443",
+            "9_443",
+            "0x24e3",
+            "0b10010011100011",
+            "022343",
+        ] {
+            assert_eq!(yaml11_port(text), Some(9443), "{text}");
+        }
+        assert_eq!(yaml11_port("8080"), Some(8080));
+        assert_eq!(yaml11_port("0"), Some(0));
+        assert_eq!(yaml11_port("http"), None);
+        assert_eq!(yaml11_port("70000"), None);
     }
 }
