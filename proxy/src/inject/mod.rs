@@ -159,6 +159,14 @@ pub struct Injected {
 /// Injects every workload of a YAML stream. All errors, or the whole result.
 pub fn inject_stream(input: &str, sidecar: &Sidecar) -> Result<Injected, Vec<InjectError>> {
     let mut output = String::with_capacity(input.len() * 2);
+    // A byte order mark (editors on Windows write one) is kept, and not read as part of a key.
+    let input = match input.strip_prefix('\u{feff}') {
+        Some(rest) => {
+            output.push('\u{feff}');
+            rest
+        }
+        None => input,
+    };
     let mut report = Vec::new();
     let mut errors = Vec::new();
     let mut document = 0;
@@ -360,6 +368,24 @@ mod tests {
 
     fn sidecar() -> Sidecar {
         Sidecar::for_tests()
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_kept_and_not_taken_for_part_of_the_first_key() {
+        let input =
+            "\u{feff}kind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: app\n";
+        let done = inject_stream(input, &sidecar()).unwrap();
+        assert_eq!(done.report, ["document 1 (Pod p): injected"]);
+        assert!(
+            done.output.starts_with("\u{feff}kind: Pod\n"),
+            "{}",
+            done.output
+        );
+        let unchanged = "\u{feff}kind: Service\nmetadata:\n  name: s\n";
+        assert_eq!(
+            inject_stream(unchanged, &sidecar()).unwrap().output,
+            unchanged
+        );
     }
 
     #[test]
