@@ -109,6 +109,9 @@ pub async fn run(config: AgentConfig, shutdown: impl Future<Output = ()>) -> Res
     result
 }
 
+/// The `call` name of the key pickup in logs.
+const KEY_PICKUP: &str = "hmac-key";
+
 /// Logs a failed call by what it means and returns how long to wait before the next attempt.
 fn after_failure(
     agent: &Agent,
@@ -134,7 +137,11 @@ fn after_failure(
         }
         Outcome::KeyRefused(code) => {
             tracing::warn!(call = what, code = %code, key_id = %agent.session.key_id(), %retry_in, "HMAC key refused; asking control for the current key");
-            agent.key_wake.notify_one();
+            // The key pickup retries on its own; a wake-up from itself would be stored and spent
+            // on an extra pickup (a secret_read audit event) right after it recovers.
+            if what != KEY_PICKUP {
+                agent.key_wake.notify_one();
+            }
         }
         Outcome::Revoked(code) => {
             tracing::error!(call = what, code = %code, spiffe_id = %agent.session.spiffe_id(), %retry_in, "identity revoked: the mesh refuses this agent; re-enroll it with a new token")
@@ -366,11 +373,11 @@ fn key_failure(agent: &Agent, e: &KeyError, backoff: &mut Backoff) -> Duration {
                     agent.key_dead.store(true, Ordering::Relaxed);
                 }
             }
-            after_failure(agent, "hmac-key", &outcome, backoff)
+            after_failure(agent, KEY_PICKUP, &outcome, backoff)
         }
         KeyError::Call(e) => after_failure(
             agent,
-            "hmac-key",
+            KEY_PICKUP,
             &Outcome::Unavailable(e.to_string()),
             backoff,
         ),
@@ -414,6 +421,31 @@ mod tests {
             key_wake: Notify::new(),
             key_dead: AtomicBool::new(false),
         })
+    }
+
+    #[tokio::test]
+    async fn a_refused_key_wakes_the_key_pickup_unless_the_pickup_itself_was_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fixture::write_dir(dir.path(), ID);
+        let agent = agent_at(dir.path(), 9);
+        let refused = Outcome::KeyRefused("key_unknown".into());
+        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(2));
+        let woken = |agent: Arc<Agent>| async move {
+            tokio::time::timeout(Duration::from_millis(50), agent.key_wake.notified())
+                .await
+                .is_ok()
+        };
+
+        after_failure(&agent, KEY_PICKUP, &refused, &mut backoff);
+        assert!(
+            !woken(agent.clone()).await,
+            "the pickup does not wake itself"
+        );
+        after_failure(&agent, "heartbeat", &refused, &mut backoff);
+        assert!(
+            woken(agent.clone()).await,
+            "a refused heartbeat wakes the pickup"
+        );
     }
 
     /// A CA rotation reaches the agent through its heartbeat answer: bundle.pem is rewritten and
