@@ -12,6 +12,9 @@ pub const SVID_CHAIN: &str = "svid.pem";
 pub const SVID_KEY: &str = "svid.key";
 pub const BUNDLE: &str = "bundle.pem";
 pub const HMAC_KEY: &str = "hmac.json";
+/// Where a renewal puts the new SVID key until the new `svid.pem` is in place (see
+/// [`settle_renewed_key`]).
+pub const SVID_KEY_NEXT: &str = "svid.key.next";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for AgentFiles {
 
 impl AgentFiles {
     pub fn load(dir: &Path) -> Result<Self, FilesError> {
+        settle_renewed_key(dir)?;
         Ok(Self {
             svid_chain: read_certs(&dir.join(SVID_CHAIN))?,
             svid_key: read_key(&dir.join(SVID_KEY))?,
@@ -117,6 +121,52 @@ pub fn read_hmac(path: &Path) -> Result<HmacKeyFile, FilesError> {
     serde_json::from_slice(&bytes).map_err(|e| invalid(path, format!("not a valid hmac.json: {e}")))
 }
 
+/// Finishes a renewal cut short (a crash, a kill) between replacing `svid.pem` and moving its key
+/// into place: a renewal writes the new key to `svid.key.next`, then `svid.pem`, then renames the
+/// key to `svid.key`, so `svid.key` always matches `svid.pem` or `svid.key.next` does. When
+/// `svid.key.next` is the key of `svid.pem`'s leaf, it becomes `svid.key`; otherwise it is left
+/// alone (a renewal in progress, or one cut short before `svid.pem`: the next one replaces it).
+pub fn settle_renewed_key(dir: &Path) -> Result<(), FilesError> {
+    let next = dir.join(SVID_KEY_NEXT);
+    if !next.exists() {
+        return Ok(());
+    }
+    let (Ok(chain), Ok(key)) = (read_certs(&dir.join(SVID_CHAIN)), read_key(&next)) else {
+        return Ok(());
+    };
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let matches = rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .and_then(|certified| certified.keys_match())
+        .is_ok();
+    if matches {
+        promote_next_key(dir)?;
+    }
+    Ok(())
+}
+
+/// `svid.key.next` → `svid.key`, durably. Already moved (by a loader that settled it) is fine.
+pub fn promote_next_key(dir: &Path) -> Result<(), FilesError> {
+    let key = dir.join(SVID_KEY);
+    let err = |source| FilesError::Write {
+        path: key.clone(),
+        source,
+    };
+    match std::fs::rename(dir.join(SVID_KEY_NEXT), &key) {
+        Ok(()) => sync_dir(&key).map_err(err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// fsync of the directory holding `path`, so a rename in it reaches the disk.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Writes `bytes` to `path` atomically (temp file in the same dir, fsync, rename, fsync of the
 /// dir) with `mode`, so a reader never sees a half-written credential.
 ///
@@ -165,14 +215,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FilesErr
         let _ = std::fs::remove_file(&tmp);
         return Err(err(source));
     }
-    // The rename itself must reach the disk, and in the order the caller wrote (key before chain).
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    // The rename itself must reach the disk, and in the order the caller wrote.
+    sync_dir(path).map_err(err)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! SVID renewal (DESIGN.md §8: at ~50 % of the lifetime): a fresh P-256 key and CSR →
-//! `POST /agent/v1/svid/renew` → `svid.key` (0600), `bundle.pem` and `svid.pem` written atomically,
-//! key first, then the session's TLS config swapped.
+//! `POST /agent/v1/svid/renew` → `svid.key.next` (0600), `bundle.pem`, `svid.pem` written
+//! atomically, the key renamed to `svid.key`, then the session's TLS config swapped.
 
 use std::path::Path;
 use std::time::Duration;
@@ -155,9 +155,15 @@ impl Session {
         let bundle = new_bundle.unwrap_or_else(|| self.identity.load().bundle.clone());
         let identity = Identity::build(chain, key, bundle, leaf.clone(), UnixTime::now())?;
 
-        // The key first and the chain last: a reader that sees a new svid.pem also sees its key.
+        // The new key beside the old one, then the chain, then the key into place: cut short
+        // anywhere, svid.key matches svid.pem or svid.key.next does, and the next load settles it
+        // (files::settle_renewed_key) — never a chain whose key is gone.
         let dir = self.dir();
-        files::write_atomic(&dir.join(files::SVID_KEY), keys.key_pem.as_bytes(), 0o600)?;
+        files::write_atomic(
+            &dir.join(files::SVID_KEY_NEXT),
+            keys.key_pem.as_bytes(),
+            0o600,
+        )?;
         if let Some(pem) = &answer.trust_bundle_pem {
             files::write_atomic(&dir.join(files::BUNDLE), pem.as_bytes(), 0o644)?;
         }
@@ -166,6 +172,7 @@ impl Session {
             answer.svid_chain_pem.as_bytes(),
             0o644,
         )?;
+        files::promote_next_key(dir)?;
 
         let renewed = Renewed {
             spiffe_id: leaf.spiffe_id.clone(),

@@ -632,6 +632,55 @@ mod tests {
         assert!(err.contains("svid.pem"), "{err}");
     }
 
+    /// A renewal cut short after the new svid.pem replaced the old but before its key
+    /// (svid.key.next) was moved into place: the next load finishes the move.
+    #[test]
+    fn a_renewal_cut_short_after_the_chain_is_finished_by_the_next_load() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let (chain, key) = fixture::svid(&ca, ID, false);
+        let next = dir.path().join(files::SVID_KEY_NEXT);
+        files::write_atomic(&next, key.as_bytes(), 0o600).unwrap();
+        std::fs::write(dir.path().join("svid.pem"), &chain).unwrap();
+
+        let session = load(dir.path()).unwrap();
+        let served = pem_to_der(&chain);
+        assert_eq!(session.identity().chain, served);
+        let key_path = dir.path().join("svid.key");
+        assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+        assert_eq!(
+            std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!next.exists(), "svid.key.next moved into place");
+    }
+
+    /// Cut short before svid.pem was replaced: the old pair still matches and stays in use.
+    #[test]
+    fn a_renewal_cut_short_before_the_chain_keeps_the_old_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = fixture::write_dir(dir.path(), ID);
+        let old_key = std::fs::read_to_string(dir.path().join("svid.key")).unwrap();
+        let (_, key) = fixture::svid(&ca, ID, false);
+        let next = dir.path().join(files::SVID_KEY_NEXT);
+        files::write_atomic(&next, key.as_bytes(), 0o600).unwrap();
+
+        load(dir.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("svid.key")).unwrap(),
+            old_key
+        );
+        assert!(
+            next.exists(),
+            "an unmatched next key is left for the next renewal"
+        );
+    }
+
+    fn pem_to_der(pem: &str) -> Vec<CertificateDer<'static>> {
+        files::parse_certs(pem.as_bytes()).unwrap()
+    }
+
     /// An HTTPS server on 127.0.0.1 that knows only the HMAC key `known` (by keyid, like a proxy
     /// that has not long-polled a new key yet): 401 key_unknown for any other keyid, else 200.
     /// Returns its port and the keyids it was sent, in order.
