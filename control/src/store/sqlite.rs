@@ -494,11 +494,20 @@ impl Store for SqliteStore {
         };
         let e = enrollment_row(&row)?;
         let v = bump(&mut tx, "state_version").await?;
-        sqlx::query("UPDATE hmac_keys SET status = 'revoked', rev = ? WHERE key_id = ?")
-            .bind(v as i64)
-            .bind(&e.key_id)
-            .execute(&mut *tx)
-            .await?;
+        // The enrollment's own key, and every key of the identity issued after it (a rotation while
+        // the confirm was pending) — up to a later enrollment of the same ID, whose keys are its own.
+        sqlx::query(
+            "UPDATE hmac_keys SET status = 'revoked', rev = ?1 \
+             WHERE status != 'revoked' AND (key_id = ?2 OR (owner = ?3 AND created_at >= ?4 \
+               AND created_at < COALESCE((SELECT MIN(created_at) FROM enrollments \
+                                          WHERE spiffe_id = ?3 AND created_at > ?4), 9223372036854775807)))",
+        )
+        .bind(v as i64)
+        .bind(&e.key_id)
+        .bind(&e.spiffe_id)
+        .bind(e.created_at)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT OR IGNORE INTO revoked_serials (serial, spiffe_id, revoked_at, not_after, reason, rev) \
              SELECT serial, spiffe_id, ?, not_after, 'enrollment_not_confirmed', ? FROM svids WHERE serial = ?",

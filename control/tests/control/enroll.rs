@@ -432,6 +432,38 @@ async fn unconfirmed_enrollment_is_revoked_after_the_timeout() {
         .any(|k| k == "enrollment_expired"));
 }
 
+/// A key rotation while the enrollment waits for its confirm issues the identity a successor key;
+/// when the confirm window closes, that successor must go with the enrollment's own key.
+#[tokio::test]
+async fn unconfirmed_enrollment_expiry_revokes_keys_rotated_meanwhile() {
+    let h = Harness::new().await;
+    let id = agent_id("c1", "a1");
+    let e = h.enroll(&id).await;
+    h.clock.advance(10);
+    h.op(OpRequest::KeysRotate {
+        spiffe_id: Some(id.clone()),
+    })
+    .await;
+    let st = h.proxy_state(0).await;
+    let owned: Vec<_> = st.keys.iter().filter(|k| k.owner.as_str() == id).collect();
+    assert!(owned.len() >= 2, "the forced rotation issued a successor: {owned:?}");
+
+    h.clock.advance(h.cfg.confirm_timeout.as_secs() as i64);
+    h.app.tick().await.unwrap();
+    let st = h.proxy_state(0).await;
+    let live: Vec<_> = st
+        .keys
+        .iter()
+        .filter(|k| k.owner.as_str() == id && k.status != zen_trust::keys::KeyStatus::Revoked)
+        .map(|k| k.key_id.clone())
+        .collect();
+    assert!(
+        live.is_empty(),
+        "keys of an expired, never-confirmed enrollment still usable: {live:?} (enrollment key {})",
+        e.bundle.hmac.key_id
+    );
+}
+
 #[tokio::test]
 async fn token_create_validates_its_input() {
     let h = Harness::new().await;
