@@ -330,6 +330,48 @@ mod tests {
         }
     }
 
+    /// A self-signed SVID-shaped certificate and its key (PEM).
+    fn cert_and_key() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://zen.local/proxy/p1".try_into().unwrap(),
+        )];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_renewal_cut_after_the_certificate_is_completed_at_start() {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), None);
+        let ((_, old_key), (new_cert, new_key)) = (cert_and_key(), cert_and_key());
+        // Cut between writing tls.crt and renaming tls.key.next: tls.key no longer matches.
+        std::fs::write(s.cert_file(), &new_cert).unwrap();
+        std::fs::write(s.key_file(), &old_key).unwrap();
+        std::fs::write(dir.path().join(super::super::KEY_NEXT_FILE), &new_key).unwrap();
+        assert!(ServingCert::from_files(&s.cert_file(), &s.key_file(), &provider).is_err());
+        super::super::settle_next_key(&s, &provider).unwrap();
+        assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), new_key);
+        assert!(!dir.path().join(super::super::KEY_NEXT_FILE).exists());
+        ServingCert::from_files(&s.cert_file(), &s.key_file(), &provider).unwrap();
+    }
+
+    #[test]
+    fn a_renewal_cut_before_the_certificate_is_undone_at_start() {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), None);
+        let ((cert, key), (_, next_key)) = (cert_and_key(), cert_and_key());
+        std::fs::write(s.cert_file(), &cert).unwrap();
+        std::fs::write(s.key_file(), &key).unwrap();
+        std::fs::write(dir.path().join(super::super::KEY_NEXT_FILE), &next_key).unwrap();
+        super::super::settle_next_key(&s, &provider).unwrap();
+        assert_eq!(std::fs::read_to_string(s.key_file()).unwrap(), key);
+        assert!(!dir.path().join(super::super::KEY_NEXT_FILE).exists());
+    }
+
     #[test]
     fn token_file_is_the_token_create_json() {
         let dir = tempfile::tempdir().unwrap();

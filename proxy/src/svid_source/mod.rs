@@ -32,6 +32,8 @@ pub const TOKEN_SECRET_ENV: &str = "ZEN_PROXY_TOKEN_SECRET";
 
 pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
+/// A renewal's new key before its certificate is in place (see [`settle_next_key`]).
+pub const KEY_NEXT_FILE: &str = "tls.key.next";
 pub const CA_FILE: &str = "ca.crt";
 pub const HMAC_FILE: &str = "hmac.json";
 /// Present while an enrollment waits for its confirmation (holds the enrollment id).
@@ -274,6 +276,7 @@ pub fn load_own(settings: &SvidSettings, provider: &CryptoProvider) -> Result<Ow
     if !cert_file.exists() {
         return Err(format!("{} does not exist", cert_file.display()));
     }
+    settle_next_key(settings, provider)?;
     let cert = ServingCert::from_files(&cert_file, &settings.key_file(), provider)
         .map_err(|e| e.to_string())?;
     let leaf = zen_trust::check_svid_leaf(
@@ -368,6 +371,40 @@ pub fn before_enrollment(settings: &SvidSettings) -> Option<Result<String, Confi
 }
 
 /// Writes one credential file atomically with `mode` (a reader never sees half a file).
+/// A renewal writes the new key to `tls.key.next`, then `tls.crt`, then renames the key over
+/// `tls.key`, so one of the two keys always matches `tls.crt` — a crash between the writes must not
+/// leave a key and certificate that do not belong together (the enrollment token is spent; the
+/// proxy could not get a new SVID). A leftover `tls.key.next` is the key of `tls.crt` when the cut
+/// came after `tls.crt` was written: it is promoted; otherwise `tls.key` still matches, and the
+/// leftover is removed.
+pub fn settle_next_key(settings: &SvidSettings, provider: &CryptoProvider) -> Result<(), String> {
+    let next = settings.dir.join(KEY_NEXT_FILE);
+    if !next.exists() {
+        return Ok(());
+    }
+    if ServingCert::from_files(&settings.cert_file(), &next, provider).is_ok() {
+        promote_next_key(settings).map_err(|e| e.to_string())?;
+        tracing::warn!(dir = %settings.dir.display(), "completed a renewal cut short: {KEY_NEXT_FILE} is the key of {CERT_FILE}");
+    } else {
+        std::fs::remove_file(&next)
+            .map_err(|e| format!("removing the stale {}: {e}", next.display()))?;
+        tracing::warn!(dir = %settings.dir.display(), "removed {KEY_NEXT_FILE} of a renewal cut short before {CERT_FILE} was written");
+    }
+    Ok(())
+}
+
+/// `tls.key.next` → `tls.key`, then the directory is synced so the rename survives a crash.
+pub fn promote_next_key(settings: &SvidSettings) -> Result<(), SvidError> {
+    let failed = |e: std::io::Error| SvidError::File {
+        path: settings.key_file(),
+        detail: format!("moving {KEY_NEXT_FILE} into place: {e}"),
+    };
+    std::fs::rename(settings.dir.join(KEY_NEXT_FILE), settings.key_file()).map_err(failed)?;
+    std::fs::File::open(&settings.dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed)
+}
+
 fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SvidError> {
     zen_agent::files::write_atomic(path, bytes, mode).map_err(SvidError::from)
 }

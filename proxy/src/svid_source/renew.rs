@@ -20,7 +20,7 @@ use zen_trust::UnixTime;
 
 use super::enroll::{check_issued, refused};
 use super::timing::renew_at;
-use super::{write, SvidError, SvidSettings};
+use super::{promote_next_key, write, SvidError, SvidSettings, KEY_NEXT_FILE};
 use crate::reload::control::Backoff;
 use crate::reload::StateSource;
 use crate::state::State;
@@ -113,7 +113,7 @@ impl SvidSource {
         Ok(())
     }
 
-    /// New key + CSR → fresh SVID → files (key first) → published. Returns the new `not_after`.
+    /// New key + CSR → fresh SVID → files (key, certificate, key renamed into place) → published. Returns the new `not_after`.
     async fn renew(&self, state: &State) -> Result<i64, SvidError> {
         let s = &self.settings;
         let keys = zen_agent::csr::generate_with_sans(&s.spiffe_id, &s.dns, &s.ips)?;
@@ -130,9 +130,12 @@ impl SvidSource {
         let cert = check_issued(s, &renewed.svid_chain_pem, &keys.key_pem, &self.provider)?;
         files::parse_certs(renewed.trust_bundle_pem.as_bytes())
             .map_err(|e| SvidError::BadSvid(format!("trust_bundle_pem {e}")))?;
-        write(&s.key_file(), keys.key_pem.as_bytes(), 0o600)?;
+        // Key to tls.key.next, certificate, then the key renamed into place: a crash anywhere
+        // leaves a key that matches tls.crt (settle_next_key finishes or undoes it at start).
+        write(&s.dir.join(KEY_NEXT_FILE), keys.key_pem.as_bytes(), 0o600)?;
         write(&s.ca_file(), renewed.trust_bundle_pem.as_bytes(), 0o644)?;
         write(&s.cert_file(), renewed.svid_chain_pem.as_bytes(), 0o644)?;
+        promote_next_key(s)?;
         let not_after = cert.not_after;
         state.serving.store(Arc::new(cert));
         state.published_serving();
