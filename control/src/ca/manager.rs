@@ -199,6 +199,7 @@ pub async fn rotate(app: &App, actor: &str) -> anyhow::Result<serde_json::Value>
         .reload(&app.cfg, app.store.as_ref(), &app.custody)
         .await?;
     app.published(v);
+    supersede_stale_bundle(app).await?;
     Ok(json!({"new_ca_id": id, "activate_at": crate::clock::rfc3339(activate_at)}))
 }
 
@@ -269,6 +270,16 @@ pub async fn tick(app: &App) -> anyhow::Result<()> {
     app.ca
         .reload(&app.cfg, app.store.as_ref(), &app.custody)
         .await?;
+    app.published(v);
+    supersede_stale_bundle(app).await?;
+    Ok(())
+}
+
+/// The CA change committed (version v) before this process reloaded its CA view, so a proxy
+/// state built in between carries version v with the old bundle — and a proxy that got it would
+/// not ask again until something else changes. A version bump after the reload supersedes it.
+async fn supersede_stale_bundle(app: &App) -> anyhow::Result<()> {
+    let v = app.store.bump_state_version().await?;
     app.published(v);
     Ok(())
 }

@@ -256,6 +256,9 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_meta(&self, key: &str, value: &[u8]) -> StoreResult<bool>;
     /// Version of everything a proxy receives (keys, bundle, revocations, policy).
     async fn state_version(&self) -> StoreResult<u64>;
+    /// A new state version with no row changed: for a change held outside the rows (the CA view),
+    /// so that an answer built before the process applied it is superseded.
+    async fn bump_state_version(&self) -> StoreResult<u64>;
     async fn policy_version(&self) -> StoreResult<u64>;
     async fn ping(&self) -> StoreResult<()>;
 

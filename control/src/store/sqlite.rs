@@ -271,6 +271,13 @@ impl Store for SqliteStore {
         counter(&self.pool, "state_version").await
     }
 
+    async fn bump_state_version(&self) -> StoreResult<u64> {
+        let (_g, mut tx) = self.begin().await?;
+        let v = bump(&mut tx, "state_version").await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
     async fn policy_version(&self) -> StoreResult<u64> {
         counter(&self.pool, "policy_version").await
     }

@@ -446,7 +446,10 @@ async fn unconfirmed_enrollment_expiry_revokes_keys_rotated_meanwhile() {
     .await;
     let st = h.proxy_state(0).await;
     let owned: Vec<_> = st.keys.iter().filter(|k| k.owner.as_str() == id).collect();
-    assert!(owned.len() >= 2, "the forced rotation issued a successor: {owned:?}");
+    assert!(
+        owned.len() >= 2,
+        "the forced rotation issued a successor: {owned:?}"
+    );
 
     h.clock.advance(h.cfg.confirm_timeout.as_secs() as i64);
     h.app.tick().await.unwrap();

@@ -170,3 +170,24 @@ async fn ca_issue_ttl_may_not_outlive_the_old_roots_removal() {
     assert!(h.op(issue(Some(ttl))).await["serial"].is_string());
     assert!(h.op(issue(None)).await["serial"].is_string());
 }
+
+/// A CA change commits its state version before this process reloads its CA view, so a proxy
+/// state built in between carries that version with the old bundle. A later version must follow
+/// the reload: a proxy holding the in-between version is then answered at once, with the new bundle.
+#[tokio::test]
+async fn a_ca_change_is_followed_by_a_version_that_carries_its_bundle() {
+    let h = Harness::new().await;
+    let v0 = h.proxy_state(0).await.version;
+    h.op(OpRequest::CaRotate).await;
+    let started = std::time::Instant::now();
+    // What a proxy may hold: the version the CA row committed with.
+    let st = h.proxy_state(v0 + 1).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "a proxy at version {} waited {:?} for the new bundle",
+        v0 + 1,
+        started.elapsed()
+    );
+    assert!(st.version > v0 + 1, "version {}", st.version);
+    assert_eq!(st.trust_bundle_pem.matches("BEGIN CERTIFICATE").count(), 2);
+}
