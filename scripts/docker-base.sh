@@ -36,14 +36,14 @@ mirror="${mirror:-http://deb.debian.org/debian}"
 suite="${suite:-bookworm}"
 
 root=$(mktemp -d /tmp/zen-base.XXXXXX)
-trap 'rm -rf "$root"' EXIT
+log=$(mktemp /tmp/zen-base-log.XXXXXX)
+trap 'rm -rf "$root" "$log"' EXIT
 echo "docker-base: debootstrap --variant=minbase $suite from $mirror"
-debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$root.log" 2>&1 || {
-    echo "docker-base: debootstrap failed; last lines of $root.log:" >&2
-    tail -20 "$root.log" >&2
+debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$log" 2>&1 || {
+    echo "docker-base: debootstrap failed; last lines of its log:" >&2
+    tail -20 "$log" >&2
     exit 1
 }
-rm -f "$root.log"
 # What a runtime image does not need.
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc "$root"/usr/share/man "$root"/usr/share/locale "$root"/usr/share/info

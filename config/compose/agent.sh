@@ -30,8 +30,16 @@ if [[ ! -s "$dir/svid.pem" || ! -s "$dir/hmac.json" ]]; then
              "'docker compose run --rm init'" >&2
         exit 1
     fi
-    # shellcheck disable=SC1090
-    source "$claimed"
+    # Read, never `source`: every replica can write the tokens volume, so the file is data only.
+    SPIFFE_ID="" TOKEN_ID="" TOKEN_SECRET=""
+    # (split by hand: `IFS== read k v` would drop a base64 secret's trailing '=')
+    while IFS= read -r line; do
+        case "${line%%=*}" in
+            SPIFFE_ID | TOKEN_ID | TOKEN_SECRET) printf -v "${line%%=*}" '%s' "${line#*=}" ;;
+        esac
+    done <"$claimed"
+    [[ -n "$SPIFFE_ID" && -n "$TOKEN_ID" && -n "$TOKEN_SECRET" ]] \
+        || { echo "agent: $claimed is not a token file" >&2; exit 1; }
     export ZEN_TOKEN_SECRET="$TOKEN_SECRET"
     for attempt in 1 2 3 4 5 6 7 8 9 10; do
         if zen-agent enroll --server https://pod:8443 --agent-server https://pod:9443 \
@@ -43,5 +51,6 @@ if [[ ! -s "$dir/svid.pem" || ! -s "$dir/hmac.json" ]]; then
         sleep $((attempt * 2))
     done
     unset ZEN_TOKEN_SECRET TOKEN_SECRET
+    : >"$claimed"   # the token is spent; do not leave its secret in the shared volume
 fi
 exec zen-agent run --config /etc/zen/agent.yaml
