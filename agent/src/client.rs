@@ -136,7 +136,19 @@ pub async fn send(
         .await
         .map_err(http_err)?;
     let conn = tokio::spawn(conn);
-    let response = sender.send_request(request).await.map_err(http_err)?;
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            // When the connection dies under the request (e.g. a TLS 1.3 server refuses our client
+            // certificate with an alert after our side of the handshake is done), the request only
+            // learns it was canceled; the connection's own error says why.
+            let cause = match tokio::time::timeout(std::time::Duration::from_secs(1), conn).await {
+                Ok(Ok(Err(conn_err))) => conn_err,
+                _ => e,
+            };
+            return Err(http_err(cause));
+        }
+    };
     let (head, body) = response.into_parts();
     let body = body.collect().await.map_err(http_err)?.to_bytes();
     drop(sender);

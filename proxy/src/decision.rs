@@ -130,13 +130,10 @@ pub async fn decide(
         };
         let body_ref = (!body.is_empty()).then_some(&body[..]);
         let verified = signature::verify(policy, &parts, body_ref, &**keys, now)?;
+        // (The entries gauge is set when /metrics is scraped, not per request.)
         state
             .replay
             .insert(verified.key_id(), &verified.nonce, verified.age_out, now)?;
-        state
-            .metrics
-            .replay_cache_entries
-            .set(state.replay.len() as i64);
         match peer {
             Some(p) if verified.key.owner() == &p.spiffe_id => {}
             Some(p) => {
