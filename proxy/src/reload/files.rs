@@ -212,14 +212,14 @@ impl StateSource for FileSource {
     async fn run(&self, state: Arc<State>, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = if self.watch {
-            let tx = tx.clone();
+            let events = tx.clone();
             match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
                 // Any event in a watched directory may matter, whatever its file
                 // name: a Kubernetes volume update renames `..data` and never
                 // touches tls.crt itself (tests/proxy/csi_swap.rs). Content
                 // hashes make the other events cheap no-ops.
                 if ev.is_ok_and(|e| !e.kind.is_access()) {
-                    let _ = tx.send(());
+                    let _ = events.send(());
                 }
             }) {
                 Ok(mut w) => {
@@ -228,6 +228,9 @@ impl StateSource for FileSource {
                             tracing::warn!(dir = %d.display(), error = %e, "cannot watch; SIGHUP still reloads");
                         }
                     }
+                    // The files were loaded at start, before these watches existed: a change in
+                    // between raised no event. Look once now (unchanged content is a no-op).
+                    let _ = tx.send(());
                     Some(w)
                 }
                 Err(e) => {
