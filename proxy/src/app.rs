@@ -19,7 +19,9 @@ use crate::reload::{ControlSource, FileSource, SourceService};
 use crate::service::ZenProxy;
 use crate::state::{Initial, State};
 use crate::svid_source::{self, SvidSource};
-use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
+use crate::tls::{
+    self, HandshakeCallback, HandshakeStarts, ServingCertResolver, SpiffeClientVerifier,
+};
 
 pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
@@ -70,6 +72,9 @@ pub fn run(cfg: Config) -> Result<()> {
         "agent",
     );
     agent.add_tls_with_settings(&cfg.agent.address.to_string(), None, agent_tls);
+    agent
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(HandshakeStarts::new("agent", &metrics)));
     server.add_service(agent);
 
     if let Some(b) = &cfg.bootstrap {
@@ -92,6 +97,8 @@ pub fn run(cfg: Config) -> Result<()> {
             "bootstrap",
         );
         boot.add_tls_with_settings(&b.address.to_string(), None, tls);
+        boot.endpoints()
+            .set_pre_tls_callback(Arc::new(HandshakeStarts::new("bootstrap", &metrics)));
         server.add_service(boot);
     }
 

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     pub upstream_seconds: HistogramVec,
     pub tls_handshakes: IntCounterVec,
+    pub tls_handshakes_started: IntCounterVec,
     pub serving_cert_expiry_seconds: IntGauge,
     pub key_set_version: IntGauge,
     pub key_set_keys: IntGauge,
@@ -71,6 +72,16 @@ impl Metrics {
                 "TLS handshakes by listener and result (ok or the refusal reason)",
             ),
             &["listener", "result"],
+        )
+        .expect("metric");
+        let tls_handshakes_started = IntCounterVec::new(
+            Opts::new(
+                "zen_proxy_tls_handshakes_started_total",
+                "TCP connections that began a TLS handshake, by listener; minus the sum of \
+                 zen_proxy_tls_handshakes_total: handshakes that failed before any verdict \
+                 (no client certificate, protocol error, client gone)",
+            ),
+            &["listener"],
         )
         .expect("metric");
         let serving_cert_expiry_seconds = IntGauge::new(
@@ -139,6 +150,7 @@ impl Metrics {
             Box::new(request_seconds.clone()),
             Box::new(upstream_seconds.clone()),
             Box::new(tls_handshakes.clone()),
+            Box::new(tls_handshakes_started.clone()),
             Box::new(serving_cert_expiry_seconds.clone()),
             Box::new(key_set_version.clone()),
             Box::new(key_set_keys.clone()),
@@ -159,6 +171,7 @@ impl Metrics {
             request_seconds,
             upstream_seconds,
             tls_handshakes,
+            tls_handshakes_started,
             serving_cert_expiry_seconds,
             key_set_version,
             key_set_keys,

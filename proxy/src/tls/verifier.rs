@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -13,15 +14,34 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use sha2::{Digest, Sha256};
 
 use crate::metrics::Metrics;
 
 /// Trust anchors per trust domain.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TrustBundles {
     domains: HashMap<String, Vec<TrustAnchor<'static>>>,
     /// Number of CA certificates, for `/config_dump`.
     pub summary: Vec<(String, usize)>,
+    /// Unique per loaded set of bundles (never reused, unlike an address): a chain verified
+    /// against one generation says nothing about another.
+    generation: u64,
+}
+
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+impl Default for TrustBundles {
+    fn default() -> Self {
+        TrustBundles {
+            domains: HashMap::new(),
+            summary: Vec::new(),
+            generation: next_generation(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +84,11 @@ impl TrustBundles {
             summary.push((td.clone(), anchors.len()));
             domains.insert(td.clone(), anchors);
         }
-        Ok(TrustBundles { domains, summary })
+        Ok(TrustBundles {
+            domains,
+            summary,
+            generation: next_generation(),
+        })
     }
 
     pub fn from_files(items: &[(String, std::path::PathBuf)]) -> Result<Self, BundleError> {
@@ -84,6 +108,43 @@ impl TrustBundles {
     }
 }
 
+/// Leaf certificates (without intermediates) whose chain verified against one generation of
+/// the bundles, keyed by the SHA-256 of the leaf's DER. A full handshake then checks the CA's
+/// signature over a given SVID once, not once per connection, and the handshake callback's
+/// second look (see [`SpiffeClientVerifier::check`]) costs a hash and a lookup.
+///
+/// Sound because the verdict is a function of the exact certificate bytes, the anchors and the
+/// time, and each of those is part of the check: the key is the leaf's hash, an entry holds only
+/// for the bundle generation it was verified against, and the leaf's validity window is checked
+/// against the clock on every hit. Chains with intermediates are not cached (their validity
+/// windows would need parsing too). The client's proof of key possession (CertificateVerify) is
+/// checked by rustls on every handshake regardless.
+#[derive(Debug, Default)]
+struct VerifiedLeaves {
+    map: Mutex<HashMap<[u8; 32], (u64, zen_trust::SvidLeaf)>>,
+}
+
+/// Bound on [`VerifiedLeaves`]; when full it is emptied (a miss only costs a full check).
+const VERIFIED_LEAVES_MAX: usize = 8192;
+
+impl VerifiedLeaves {
+    fn get(&self, key: &[u8; 32], generation: u64, now: i64) -> Option<zen_trust::SvidLeaf> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let (g, leaf) = map.get(key)?;
+        // The same window rule as `zen_trust::check_svid_leaf`.
+        (*g == generation && leaf.not_before.0 <= now && now <= leaf.not_after.0)
+            .then(|| leaf.clone())
+    }
+
+    fn insert(&self, key: [u8; 32], generation: u64, leaf: &zen_trust::SvidLeaf) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= VERIFIED_LEAVES_MAX {
+            map.clear();
+        }
+        map.insert(key, (generation, leaf.clone()));
+    }
+}
+
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
     bundles: Arc<ArcSwap<TrustBundles>>,
@@ -92,6 +153,7 @@ pub struct SpiffeClientVerifier {
     listener: &'static str,
     metrics: Metrics,
     provider: Arc<CryptoProvider>,
+    verified: VerifiedLeaves,
 }
 
 impl SpiffeClientVerifier {
@@ -110,6 +172,7 @@ impl SpiffeClientVerifier {
             listener,
             metrics,
             provider,
+            verified: VerifiedLeaves::default(),
         }
     }
 
@@ -126,10 +189,19 @@ impl SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<zen_trust::SvidLeaf, (&'static str, rustls::Error)> {
-        let leaf =
-            zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(now.as_secs() as i64))
-                .map_err(|e| ("svid_invalid", other(e)))?;
         let bundles = self.bundles.load();
+        let unix_now = now.as_secs() as i64;
+        let cache_key: Option<[u8; 32]> = intermediates
+            .is_empty()
+            .then(|| Sha256::digest(end_entity.as_ref()).into());
+        if let Some(hit) = cache_key
+            .as_ref()
+            .and_then(|k| self.verified.get(k, bundles.generation, unix_now))
+        {
+            return Ok(hit);
+        }
+        let leaf = zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(unix_now))
+            .map_err(|e| ("svid_invalid", other(e)))?;
         let Some(anchors) = bundles.anchors(leaf.spiffe_id.trust_domain()) else {
             return Err((
                 "unknown_trust_domain",
@@ -148,6 +220,9 @@ impl SpiffeClientVerifier {
             None,
         )
         .map_err(|e| ("chain_invalid", webpki_to_rustls(e)))?;
+        if let Some(key) = cache_key {
+            self.verified.insert(key, bundles.generation, &leaf);
+        }
         Ok(leaf)
     }
 
@@ -253,4 +328,123 @@ impl ClientCertVerifier for SpiffeClientVerifier {
 /// Used by `check` to report bundle errors with the file's YAML path.
 pub fn load_bundle_file(td: &str, path: &Path) -> Result<TrustBundles, BundleError> {
     TrustBundles::from_files(&[(td.to_string(), path.to_path_buf())])
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    use super::*;
+
+    fn ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn leaf(ca: &CertifiedIssuer<'static, KeyPair>) -> CertificateDer<'static> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(
+            "spiffe://zen.local/cluster/c1/agent/a1".try_into().unwrap(),
+        )];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = p.signed_by(&KeyPair::generate().unwrap(), ca).unwrap();
+        cert.der().clone()
+    }
+
+    fn bundle(ca: &CertifiedIssuer<'static, KeyPair>) -> TrustBundles {
+        TrustBundles::from_pems(&[(
+            "zen.local".to_string(),
+            ca.pem().into_bytes(),
+            "bundle.pem".to_string(),
+        )])
+        .unwrap()
+    }
+
+    fn verifier(b: TrustBundles) -> (SpiffeClientVerifier, Arc<ArcSwap<TrustBundles>>) {
+        let bundles = Arc::new(ArcSwap::from_pointee(b));
+        let v = SpiffeClientVerifier::new(
+            bundles.clone(),
+            true,
+            false,
+            "agent",
+            Metrics::new(),
+            crate::tls::install_crypto_provider(),
+        );
+        (v, bundles)
+    }
+
+    fn at(secs: i64) -> UnixTime {
+        UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs as u64))
+    }
+
+    const NOW: i64 = 1_800_000_000; // 2027
+    const AFTER_EXPIRY: i64 = 4_200_000_000; // 2103
+
+    #[test]
+    fn a_verified_leaf_is_remembered_only_for_the_bundle_it_verified_against() {
+        let (a, b) = (ca(), ca());
+        let cert = leaf(&a);
+        let (v, bundles) = verifier(bundle(&a));
+        assert!(v.check(&cert, &[], at(NOW)).is_ok());
+        assert_eq!(v.verified.map.lock().unwrap().len(), 1, "remembered");
+        assert!(v.check(&cert, &[], at(NOW)).is_ok(), "hit");
+
+        // The bundle now trusts only another CA: the remembered verdict must not apply.
+        bundles.store(Arc::new(bundle(&b)));
+        assert_eq!(v.check(&cert, &[], at(NOW)).unwrap_err().0, "chain_invalid");
+
+        // The same CA loaded again is a new generation: verified afresh, then accepted.
+        bundles.store(Arc::new(bundle(&a)));
+        assert!(v.check(&cert, &[], at(NOW)).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_leaf_is_refused_once_it_has_expired() {
+        let a = ca();
+        let cert = leaf(&a);
+        let (v, _) = verifier(bundle(&a));
+        assert!(v.check(&cert, &[], at(NOW)).is_ok());
+        assert_eq!(
+            v.check(&cert, &[], at(AFTER_EXPIRY)).unwrap_err().0,
+            "svid_invalid"
+        );
+    }
+
+    #[test]
+    fn chains_with_intermediates_are_not_remembered() {
+        let a = ca();
+        let cert = leaf(&a);
+        let (v, _) = verifier(bundle(&a));
+        // The CA itself as an (unneeded) intermediate: the chain still verifies.
+        let extra = a.der().clone();
+        assert!(v.check(&cert, &[extra], at(NOW)).is_ok());
+        assert!(v.verified.map.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let a = ca();
+        let (v, _) = verifier(bundle(&a));
+        let sample = zen_trust::check_svid_leaf(&leaf(&a), zen_trust::UnixTime(NOW)).unwrap();
+        for i in 0..VERIFIED_LEAVES_MAX {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            v.verified.insert(key, 1, &sample);
+        }
+        assert_eq!(v.verified.map.lock().unwrap().len(), VERIFIED_LEAVES_MAX);
+        v.verified.insert([9u8; 32], 1, &sample);
+        assert_eq!(v.verified.map.lock().unwrap().len(), 1, "emptied when full");
+    }
 }

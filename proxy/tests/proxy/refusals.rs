@@ -47,8 +47,15 @@ impl Env {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_cert_required_no_client_cert_fails_the_handshake() {
     let env = Env::start().await;
+    // rustls ends this handshake without asking the verifier: it shows as a
+    // handshake started with no verdict.
+    let started = "zen_proxy_tls_handshakes_started_total{listener=\"agent\"}";
+    let ok = "zen_proxy_tls_handshakes_total{listener=\"agent\",result=\"ok\"}";
+    let (started_before, ok_before) = (env.metric(started).await, env.metric(ok).await);
     env.handshake_refused(env.anon_cfg.clone(), env.agent_addr, None)
         .await;
+    assert_eq!(env.metric(started).await, started_before + 1.0, "{started}");
+    assert_eq!(env.metric(ok).await, ok_before, "{ok}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
