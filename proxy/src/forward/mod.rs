@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora_core::connectors::http::Connector;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -87,10 +86,9 @@ impl Upstreams {
                 response_started: false,
             });
         };
-        let req = upstream_request(session.req_header(), admitted, peer_id);
         let started = Instant::now();
         let res = self
-            .exchange(session, upstream, peer, req, &admitted.body)
+            .exchange(session, upstream, peer, admitted, peer_id)
             .await;
         self.metrics
             .upstream_seconds
@@ -104,9 +102,10 @@ impl Upstreams {
         session: &mut Session,
         upstream: &Upstream,
         peer: &HttpPeer,
-        req: RequestHeader,
-        body: &Bytes,
+        admitted: &Admitted,
+        peer_id: Option<&PeerIdentity>,
     ) -> Result<u16, ForwardError> {
+        let body = &admitted.body;
         let fail = |stage: &str, e: &dyn std::fmt::Display| ForwardError {
             detail: format!("upstream {:?} {stage}: {e}", upstream.name),
             response_started: false,
@@ -123,8 +122,10 @@ impl Upstreams {
                 .map_err(|e| fail("connect", &e))?;
             up.set_read_timeout(Some(upstream.read_timeout));
             up.set_write_timeout(Some(upstream.write_timeout));
+            // Built per attempt (a retry is rare) rather than cloned for one.
+            let req = upstream_request(session.req_header(), admitted, peer_id);
             let sent = async {
-                up.write_request_header(Box::new(req.clone())).await?;
+                up.write_request_header(Box::new(req)).await?;
                 if !body.is_empty() {
                     up.write_request_body(body.clone(), true).await?;
                 }
