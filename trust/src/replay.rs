@@ -1,7 +1,9 @@
 //! Replay cache: remembers `(keyid, nonce)` until the signature ages out.
 //!
-//! Sharded (short per-shard critical sections), bounded (a global count;
-//! when full it refuses rather than forgetting live entries), and
+//! Sharded (short per-shard critical sections), bounded (a global count of
+//! granted slots, handed to shards in small batches so the shared counter is
+//! not touched on every insert; when full it refuses rather than forgetting
+//! live entries), and
 //! time-bucketed (each shard keeps its entries grouped by age-out second, so
 //! expiry pops whole buckets: O(1) amortised per entry). Entries are stored
 //! as a 128-bit keyed hash of the pair, so no per-entry string allocation.
@@ -79,6 +81,8 @@ struct Shard {
     buckets: BTreeMap<i64, Vec<u128>>,
     /// Emptied bucket vectors, reused to keep inserts allocation-free.
     spare: Vec<Vec<u128>>,
+    /// Slots granted to this shard by the global count and not yet used.
+    allowance: usize,
 }
 
 impl Shard {
@@ -116,9 +120,20 @@ impl Shard {
 struct PaddedShard(Mutex<Shard>);
 
 /// Bounded, concurrent insert-if-absent set of `(key id, nonce)` pairs.
+///
+/// Capacity accounting: `granted` counts slots handed out, and every slot is
+/// either an entry or part of some shard's `allowance`, so entries never
+/// exceed `capacity`. A shard takes up to `batch` slots at a time and keeps
+/// the slots its expired entries free (up to `2 × batch`), so with two
+/// threads inserting the shared counter's cache line moves once per `batch`
+/// inserts instead of on every one. Before refusing as full, every shard's
+/// expired entries and unused allowance go back to the global count and the
+/// insert is tried again. `batch` is 1 for small caches, where the behaviour
+/// is that of an exact global count.
 pub struct ReplayCache {
     shards: Box<[PaddedShard]>,
-    len: AtomicUsize,
+    granted: AtomicUsize,
+    batch: usize,
     capacity: usize,
     hash_lo: ahash::RandomState,
     hash_hi: ahash::RandomState,
@@ -127,7 +142,7 @@ pub struct ReplayCache {
 impl std::fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplayCache")
-            .field("len", &self.len())
+            .field("granted", &self.granted.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
             .finish()
     }
@@ -142,7 +157,9 @@ impl ReplayCache {
             .collect();
         ReplayCache {
             shards,
-            len: AtomicUsize::new(0),
+            granted: AtomicUsize::new(0),
+            // At most 1/8 of the capacity can sit in allowances (SHARDS × 2 × batch).
+            batch: (capacity / (SHARDS * 16)).clamp(1, 64),
             capacity,
             hash_lo: ahash::RandomState::new(),
             hash_hi: ahash::RandomState::new(),
@@ -156,12 +173,27 @@ impl ReplayCache {
         (u128::from(hi) << 64) | u128::from(lo)
     }
 
-    fn try_reserve(&self) -> bool {
-        self.len
+    /// Takes up to `want` slots from the global count; returns how many.
+    fn reserve(&self, want: usize) -> usize {
+        match self
+            .granted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .is_ok()
+                let take = want.min(self.capacity.saturating_sub(n));
+                (take > 0).then_some(n + take)
+            }) {
+            Ok(n) => want.min(self.capacity - n),
+            Err(_) => 0,
+        }
+    }
+
+    /// Expires a locked shard's aged-out entries; their slots join its
+    /// allowance, beyond `keep` they go back to the global count.
+    fn expire_locked(&self, s: &mut Shard, now: i64, keep: usize) {
+        s.allowance += s.expire(now);
+        if s.allowance > keep {
+            self.granted.fetch_sub(s.allowance - keep, Ordering::AcqRel);
+            s.allowance = keep;
+        }
     }
 
     /// Records `(key_id, nonce)` until `age_out` (inclusive). Refuses a pair
@@ -184,39 +216,40 @@ impl ReplayCache {
         for attempt in 0..2 {
             {
                 let mut s = shard.lock();
-                let freed = s.expire(now);
-                if freed > 0 {
-                    self.len.fetch_sub(freed, Ordering::AcqRel);
-                }
+                self.expire_locked(&mut s, now, 2 * self.batch);
                 if s.entries.contains_key(&h) {
                     return Err(ReplayError::Replay);
                 }
-                if self.try_reserve() {
+                if s.allowance == 0 {
+                    s.allowance = self.reserve(self.batch);
+                }
+                if s.allowance > 0 {
+                    s.allowance -= 1;
                     s.insert(h, age_out);
                     return Ok(());
                 }
             }
             if attempt == 0 {
-                // Other shards expire lazily; reclaim them before refusing.
+                // Other shards expire lazily and may hold unused slots:
+                // reclaim both before refusing.
                 self.purge_expired(UnixTime(now));
             }
         }
         Err(ReplayError::Full)
     }
 
-    /// Drops aged-out entries from every shard.
+    /// Drops aged-out entries from every shard and returns every unused slot
+    /// to the global count.
     pub fn purge_expired(&self, now: UnixTime) {
         for shard in self.shards.iter() {
-            let freed = shard.0.lock().expire(now.as_secs());
-            if freed > 0 {
-                self.len.fetch_sub(freed, Ordering::AcqRel);
-            }
+            self.expire_locked(&mut shard.0.lock(), now.as_secs(), 0);
         }
     }
 
-    /// Live entries (entries not yet purged are counted until a purge).
+    /// Live entries (entries not yet purged are counted until a purge). Locks
+    /// each shard in turn: for metrics, not for the request path.
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.shards.iter().map(|s| s.0.lock().entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -290,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn batched_slots_still_fill_to_exact_capacity_and_recover() {
+        // Large enough that shards take slots in batches of 64.
+        let cap = 100_000;
+        let c = ReplayCache::new(cap);
+        assert_eq!(c.batch, 64);
+        for i in 0..cap {
+            c.insert("k", &i.to_string(), UnixTime(50), UnixTime(0))
+                .unwrap_or_else(|e| panic!("insert {i} of {cap}: {e}"));
+        }
+        assert_eq!(c.len(), cap);
+        assert_eq!(
+            c.insert("k", "one-more", UnixTime(50), UnixTime(10)),
+            Err(ReplayError::Full)
+        );
+        // After age-out, every slot can be used again.
+        for i in 0..cap {
+            c.insert("k2", &i.to_string(), UnixTime(100), UnixTime(51))
+                .unwrap_or_else(|e| panic!("insert {i} after age-out: {e}"));
+        }
+        assert_eq!(
+            c.insert("k2", "one-more", UnixTime(100), UnixTime(60)),
+            Err(ReplayError::Full)
+        );
+        c.purge_expired(UnixTime(51));
+        assert_eq!(c.len(), cap);
+    }
+
+    #[test]
     fn zero_capacity_is_always_full() {
         let c = ReplayCache::new(0);
         assert_eq!(
@@ -350,6 +411,39 @@ mod tests {
         let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
         assert_eq!(ok, 1000);
         assert_eq!(c.len(), 1000);
+    }
+
+    #[test]
+    fn concurrent_batched_inserts_never_exceed_capacity_and_top_up_exactly() {
+        let cap = 65_536;
+        let c = Arc::new(ReplayCache::new(cap));
+        assert_eq!(c.batch, 64);
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    (0..20_000)
+                        .filter(|i| {
+                            c.insert("k", &format!("{t}-{i}"), UnixTime(100), UnixTime(0))
+                                .is_ok()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert!(ok <= cap, "{ok} accepted, capacity {cap}");
+        assert_eq!(c.len(), ok);
+        // Slots parked in shards' allowances are reclaimed before a refusal:
+        // topping up from one thread reaches the capacity exactly.
+        let mut i = 0;
+        while c
+            .insert("k", &format!("top-{i}"), UnixTime(100), UnixTime(0))
+            .is_ok()
+        {
+            i += 1;
+        }
+        assert_eq!(c.len(), cap);
     }
 
     #[test]
