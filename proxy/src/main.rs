@@ -1,24 +1,11 @@
-//! zen-proxy: the Zen Mesh enforcement sidecar (DESIGN.md §2–§6).
-
-mod admin;
-mod app;
-mod config;
-mod decision;
-mod forward;
-mod inject;
-mod metrics;
-mod policy;
-mod refusal;
-mod reload;
-mod service;
-mod state;
-mod svid_source;
-mod tls;
+//! zen-proxy: the Zen Mesh enforcement sidecar (DESIGN.md §2–§6). The command line only;
+//! everything else is the `zen_proxy` library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use zen_proxy::{app, config, inject, state, svid_source, tls};
 
 #[derive(Parser)]
 #[command(
