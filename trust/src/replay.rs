@@ -6,9 +6,12 @@
 //! live entries), and
 //! time-bucketed (each shard keeps its entries grouped by age-out second, so
 //! expiry pops whole buckets: O(1) amortised per entry). Entries are stored
-//! as a 128-bit keyed hash of the pair, so no per-entry string allocation.
+//! as a 64-bit keyed hash of the pair, so no per-entry string allocation.
+//! A hash can only make two different pairs look alike (a fresh request
+//! refused as a replay: fail closed, ~10⁻¹³ per request with a million live
+//! entries), never let the same pair through twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,8 +61,8 @@ impl Hasher for PassThrough {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
     }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
@@ -75,12 +78,14 @@ impl BuildHasher for BuildPassThrough {
 
 #[derive(Default)]
 struct Shard {
-    /// hash → age-out second.
-    entries: HashMap<u128, i64, BuildPassThrough>,
+    /// Hashes of the recorded pairs (their age-out second is the bucket they
+    /// sit in; no value here keeps the table at 16 bytes per entry, which is
+    /// what decides cache misses with hundreds of thousands of live entries).
+    entries: HashSet<u64, BuildPassThrough>,
     /// age-out second → hashes that age out then.
-    buckets: BTreeMap<i64, Vec<u128>>,
+    buckets: BTreeMap<i64, Vec<u64>>,
     /// Emptied bucket vectors, reused to keep inserts allocation-free.
-    spare: Vec<Vec<u128>>,
+    spare: Vec<Vec<u64>>,
     /// Slots granted to this shard by the global count and not yet used.
     allowance: usize,
 }
@@ -95,7 +100,7 @@ impl Shard {
             }
             let mut hashes = entry.remove();
             for h in hashes.drain(..) {
-                if self.entries.remove(&h).is_some() {
+                if self.entries.remove(&h) {
                     freed += 1;
                 }
             }
@@ -106,8 +111,8 @@ impl Shard {
         freed
     }
 
-    fn insert(&mut self, h: u128, age_out: i64) {
-        self.entries.insert(h, age_out);
+    fn insert(&mut self, h: u64, age_out: i64) {
+        self.entries.insert(h);
         let spare = &mut self.spare;
         self.buckets
             .entry(age_out)
@@ -135,8 +140,7 @@ pub struct ReplayCache {
     granted: AtomicUsize,
     batch: usize,
     capacity: usize,
-    hash_lo: ahash::RandomState,
-    hash_hi: ahash::RandomState,
+    hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for ReplayCache {
@@ -161,16 +165,13 @@ impl ReplayCache {
             // At most 1/8 of the capacity can sit in allowances (SHARDS × 2 × batch).
             batch: (capacity / (SHARDS * 16)).clamp(1, 64),
             capacity,
-            hash_lo: ahash::RandomState::new(),
-            hash_hi: ahash::RandomState::new(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
-    fn hash(&self, key_id: &str, nonce: &str) -> u128 {
+    fn hash(&self, key_id: &str, nonce: &str) -> u64 {
         // Hashing the tuple delimits the two strings ("ab","c" ≠ "a","bc").
-        let lo = self.hash_lo.hash_one((key_id, nonce));
-        let hi = self.hash_hi.hash_one((key_id, nonce));
-        (u128::from(hi) << 64) | u128::from(lo)
+        self.hasher.hash_one((key_id, nonce))
     }
 
     /// Takes up to `want` slots from the global count; returns how many.
@@ -207,7 +208,9 @@ impl ReplayCache {
         now: UnixTime,
     ) -> Result<(), ReplayError> {
         let h = self.hash(key_id, nonce);
-        let shard_idx = ((h >> 64) as usize) % SHARDS;
+        // Bits 40..46: not the low bits hashbrown indexes a shard's table with,
+        // nor the top 7 it keeps as tag bytes (both would cluster per shard).
+        let shard_idx = ((h >> 40) as usize) % SHARDS;
         let shard = &self.shards[shard_idx].0;
         let now = now.as_secs();
         // An already-aged-out signature is remembered for the current second
@@ -217,7 +220,7 @@ impl ReplayCache {
             {
                 let mut s = shard.lock();
                 self.expire_locked(&mut s, now, 2 * self.batch);
-                if s.entries.contains_key(&h) {
+                if s.entries.contains(&h) {
                     return Err(ReplayError::Replay);
                 }
                 if s.allowance == 0 {
