@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use zen_proxy::{app, config, inject, state, svid_source, tls};
 
+/// jemalloc instead of glibc malloc: malloc/free were 17 % of the proxy's
+/// profile under keep-alive load; with jemalloc its CPU per request was
+/// 15–20 % lower and each idle connection held ~12 % less RSS (bench/README.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "zen-proxy",
