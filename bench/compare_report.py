@@ -173,6 +173,54 @@ if ref:
         w(f"| {rnd} | {a['p50']/1000:.2f} / {a['p99']/1000:.2f} | {f['p50']/1000:.2f} / {f['p99']/1000:.2f} | "
           f"{fmt((r.get('target') or {}).get('cpu_us_per_request'))} |")
     w("")
+oha_rows = []
+oha_tsv = os.path.join(work, "oha.tsv")
+if os.path.exists(oha_tsv):
+    clk = os.sysconf("SC_CLK_TCK")
+    with open(oha_tsv) as f:
+        for line in f:
+            rnd, target, ticks, path = line.rstrip("\n").split("\t")
+            try:
+                with open(path) as jf:
+                    o = json.load(jf)
+            except (OSError, ValueError):
+                oha_rows.append((int(rnd), target, None, None, None, None, "no JSON (see the .err file)"))
+                continue
+            codes = o.get("statusCodeDistribution") or {}
+            ok = sum(v for k, v in codes.items() if str(k).startswith("2"))
+            total = sum(codes.values())
+            errors = sum((o.get("errorDistribution") or {}).values())
+            cpu_us = int(ticks) * 1e6 / clk / ok if ok else None
+            p99_ms = ((o.get("latencyPercentiles") or {}).get("p99") or 0) * 1000
+            rps = (o.get("summary") or {}).get("requestsPerSec")
+            note = "-" if total == ok and not errors else f"{total - ok} non-2xx, {errors} errors"
+            oha_rows.append((int(rnd), target, rps, ok, cpu_us, p99_ms, note))
+if oha_rows:
+    w("## oha, mTLS only (a load generator that is not ours)")
+    w("")
+    w(f"`oha -c {conns} -z {duration}s` with agent a1's certificate, on a route that needs the client "
+      "certificate and (zen-proxy) a SPIFFE rule, but **no signature**: oha cannot sign. So here every "
+      "target does the same work: mTLS termination + forwarding. CPU is the target's process tree "
+      "(utime+stime from /proc, clock-tick resolution) over the 2xx responses.")
+    w("")
+
+    def oha_med(target, idx):
+        vals = [r[idx] for r in oha_rows if r[1] == target and r[idx] is not None]
+        return statistics.median(vals) if vals else None
+
+    w("| metric | zen-proxy | nginx | haproxy | zen/nginx | zen/haproxy |")
+    w("|---|---|---|---|---|---|")
+    for label, idx in (("CPU µs / request", 4), ("p99 ms", 5), ("req/s", 2)):
+        z, n, h = (oha_med(t, idx) for t in TARGETS)
+        rn = z / n if z is not None and n else None
+        rh = z / h if z is not None and h else None
+        w(f"| {label} | {fmt(z)} | {fmt(n)} | {fmt(h)} | {fmt(rn, 2)} | {fmt(rh, 2)} |")
+    w("")
+    w("| round | target | req/s | 2xx | CPU µs/req | p99 ms | other |")
+    w("|---|---|---|---|---|---|---|")
+    for rnd, target, rps, ok, cpu_us, p99_ms, note in sorted(oha_rows):
+        w(f"| {rnd} | {target} | {fmt(rps, 0)} | {ok if ok is not None else '-'} | {fmt(cpu_us)} | {fmt(p99_ms, 2)} | {note} |")
+    w("")
 w("## Commands")
 w("")
 w(f"`ROUNDS={rounds} DURATION={duration} CONNS={conns} HS_CONC={hs_conc} IDLE={idle} RATE={rate} bench/compare` ran, per round "
