@@ -6,52 +6,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::Measurement;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zen_trust::signature::{sign, verify, RequestParts, SignOptions, VerifyPolicy};
 use zen_trust::{KeySet, KeySetEntry, KeyStatus, ReplayCache, Secret, SpiffeId, UnixTime};
 
 const NOW: UnixTime = UnixTime(1_800_000_000);
 
-/// CPU time of the measuring thread. The shared 2-core build box runs other
-/// jobs (load 4-7), which inflates wall time by preemption; thread CPU time
-/// counts only the cycles this code used. Both are reported.
-struct ThreadCpu;
-
-fn thread_cpu_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-static WALL: WallTime = WallTime;
-
-impl Measurement for ThreadCpu {
-    type Intermediate = Duration;
-    type Value = Duration;
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-    fn end(&self, i: Duration) -> Duration {
-        thread_cpu_now().saturating_sub(i)
-    }
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn to_f64(&self, v: &Duration) -> f64 {
-        v.as_nanos() as f64
-    }
-    fn formatter(&self) -> &dyn ValueFormatter {
-        WALL.formatter()
-    }
-}
+#[path = "support/thread_cpu.rs"]
+mod thread_cpu;
+use thread_cpu::{thread_cpu_now, ThreadCpu};
 
 fn key_set(secret: &Secret) -> KeySet {
     let entries: Vec<KeySetEntry> = (0..1000)
