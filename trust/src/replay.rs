@@ -395,14 +395,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concurrent_distinct_nonces_respect_capacity() {
-        let c = Arc::new(ReplayCache::new(1000));
+    /// 4 threads each insert `per_thread` distinct nonces; returns how many were accepted.
+    fn insert_from_4_threads(c: &Arc<ReplayCache>, per_thread: usize) -> usize {
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let c = c.clone();
                 std::thread::spawn(move || {
-                    (0..500)
+                    (0..per_thread)
                         .filter(|i| {
                             c.insert("k", &format!("{t}-{i}"), UnixTime(100), UnixTime(0))
                                 .is_ok()
@@ -411,7 +410,13 @@ mod tests {
                 })
             })
             .collect();
-        let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    }
+
+    #[test]
+    fn concurrent_distinct_nonces_respect_capacity() {
+        let c = Arc::new(ReplayCache::new(1000));
+        let ok = insert_from_4_threads(&c, 500);
         assert_eq!(ok, 1000);
         assert_eq!(c.len(), 1000);
     }
@@ -421,20 +426,7 @@ mod tests {
         let cap = 65_536;
         let c = Arc::new(ReplayCache::new(cap));
         assert_eq!(c.batch, 64);
-        let handles: Vec<_> = (0..4)
-            .map(|t| {
-                let c = c.clone();
-                std::thread::spawn(move || {
-                    (0..20_000)
-                        .filter(|i| {
-                            c.insert("k", &format!("{t}-{i}"), UnixTime(100), UnixTime(0))
-                                .is_ok()
-                        })
-                        .count()
-                })
-            })
-            .collect();
-        let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let ok = insert_from_4_threads(&c, 20_000);
         assert!(ok <= cap, "{ok} accepted, capacity {cap}");
         assert_eq!(c.len(), ok);
         // Slots parked in shards' allowances are reclaimed before a refusal:
