@@ -1,18 +1,25 @@
 //! Forwarding an admitted request: identity headers for the upstream, then
-//! the buffered body through pingora's pooled upstream connector.
+//! the buffered body over a pooled HTTP/1.1 connection (pingora's HTTP/1
+//! client on connections from our per-thread pool, pool.rs).
 //!
 //! Why not pingora's own upstream phases: pingora 0.9.1 replays a body read
 //! in `request_filter` only through its 64 KiB retry buffer, and never calls
 //! `request_body_filter` for a larger body that was already consumed, so a
 //! verified body above 64 KiB could not be handed over. Writing the request
 //! here keeps "decide on the whole body, then send exactly those bytes" true
-//! for every size, with the same connection pool pingora's proxy uses.
+//! for every size.
+
+mod pool;
+
+use pool::Pool;
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use http::header::{self, HeaderName, HeaderValue};
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -38,8 +45,10 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 pub struct Upstreams {
-    peers: HashMap<String, (Upstream, HttpPeer)>,
-    connector: Connector,
+    /// name → (index for the pool, settings, pingora peer)
+    peers: HashMap<String, (usize, Upstream, HttpPeer)>,
+    transport: TransportConnector,
+    pool: Pool,
     metrics: Metrics,
 }
 
@@ -55,19 +64,21 @@ impl Upstreams {
     pub fn new(upstreams: &[Upstream], metrics: Metrics) -> Self {
         let peers = upstreams
             .iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(i, u)| {
                 let mut peer = HttpPeer::new(u.address, false, String::new());
                 peer.options.connection_timeout = Some(u.connect_timeout);
                 peer.options.total_connection_timeout = Some(u.connect_timeout);
                 peer.options.read_timeout = Some(u.read_timeout);
                 peer.options.write_timeout = Some(u.write_timeout);
                 peer.options.idle_timeout = Some(u.idle_timeout);
-                (u.name.clone(), (u.clone(), peer))
+                (u.name.clone(), (i, u.clone(), peer))
             })
             .collect();
         Upstreams {
             peers,
-            connector: Connector::new(None),
+            transport: TransportConnector::new(None),
+            pool: Pool::new(),
             metrics,
         }
     }
@@ -79,7 +90,7 @@ impl Upstreams {
         admitted: &Admitted,
         peer_id: Option<&PeerIdentity>,
     ) -> Result<u16, ForwardError> {
-        let Some((upstream, peer)) = self.peers.get(&admitted.route.upstream) else {
+        let Some((index, upstream, peer)) = self.peers.get(&admitted.route.upstream) else {
             // Config validation makes this unreachable; still fail closed.
             return Err(ForwardError {
                 detail: format!("unknown upstream {:?}", admitted.route.upstream),
@@ -88,7 +99,7 @@ impl Upstreams {
         };
         let started = Instant::now();
         let res = self
-            .exchange(session, upstream, peer, admitted, peer_id)
+            .exchange(session, *index, upstream, peer, admitted, peer_id)
             .await;
         self.metrics
             .upstream_seconds
@@ -100,6 +111,7 @@ impl Upstreams {
     async fn exchange(
         &self,
         session: &mut Session,
+        index: usize,
         upstream: &Upstream,
         peer: &HttpPeer,
         admitted: &Admitted,
@@ -115,11 +127,22 @@ impl Upstreams {
         let mut attempt = 0;
         let mut up = loop {
             attempt += 1;
-            let (mut up, reused) = self
-                .connector
-                .get_http_session(peer)
-                .await
-                .map_err(|e| fail("connect", &e))?;
+            // A retry always takes a fresh connection.
+            let pooled = if attempt == 1 {
+                self.pool.take(index)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(s) => s,
+                None => self
+                    .transport
+                    .new_stream(peer)
+                    .await
+                    .map_err(|e| fail("connect", &e))?,
+            };
+            let mut up: HttpSession = HttpSession::H1(Http1Session::new_with_options(stream, peer));
             up.set_read_timeout(Some(upstream.read_timeout));
             up.set_write_timeout(Some(upstream.write_timeout));
             // Built per attempt (a retry is rare) rather than cloned for one.
@@ -192,9 +215,18 @@ impl Upstreams {
                 }
             }
         }
-        self.connector
-            .release_http_session(up, peer, Some(upstream.idle_timeout))
-            .await;
+        if let HttpSession::H1(mut h1) = up {
+            h1.respect_keepalive();
+            let idle_for = pool::server_keepalive(
+                h1.resp_header()
+                    .and_then(|h| h.headers.get("keep-alive"))
+                    .map(|v| v.as_bytes()),
+            )
+            .map_or(upstream.idle_timeout, |t| t.min(upstream.idle_timeout));
+            if let Some(stream) = h1.reuse().await {
+                self.pool.put(index, stream, idle_for);
+            }
+        }
         Ok(status)
     }
 }

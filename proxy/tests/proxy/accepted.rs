@@ -236,3 +236,43 @@ async fn expect_100_continue_gets_the_go_ahead_and_is_not_forwarded() {
     assert!(r.body == body);
     assert!(r.header("expect").is_none());
 }
+
+/// Requests over one client connection reuse one pooled upstream connection;
+/// when the upstream closes it behind the proxy's back, the next request
+/// still gets through — retried once on a fresh connection right after the
+/// close, or never handed the dead one after a pause (probe) — and reaches
+/// the upstream exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_upstream_connections_are_reused_and_a_closed_one_is_replaced() {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    let env = Env::start().await;
+    let mut conn = env.conn(&env.a1).await;
+    let path = "/agent/v1/clusters/c1/desired-state";
+    for _ in 0..3 {
+        let resp = conn
+            .send(&Req::get(path).signed(&env.a1.key_id, &env.a1.secret))
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(env.upstream.log.connections.load(Ordering::SeqCst), 1);
+
+    // Each of these makes the upstream close the connection after answering.
+    for pause_ms in [0u64, 0, 700] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        let req = Req::get(path)
+            .header("x-test-close", "1")
+            .signed(&env.a1.key_id, &env.a1.secret);
+        let resp = conn.send(&req).await.unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    }
+    assert_eq!(
+        env.upstream.requests().len(),
+        6,
+        "each request reached the upstream once"
+    );
+    // The first connection (closed after request 4), then one per closing request.
+    assert_eq!(env.upstream.log.connections.load(Ordering::SeqCst), 3);
+}

@@ -166,6 +166,7 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
                 }
             }
         }
+        let close_after = get("x-test-close").is_some();
         // Lets tests hold a request in flight (SIGTERM drain).
         if let Some(ms) = get("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -182,6 +183,11 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
             resp_body.len()
         );
         if s.write_all(resp.as_bytes()).await.is_err() || s.write_all(resp_body).await.is_err() {
+            return;
+        }
+        // Lets tests close a kept-alive connection behind the proxy's back
+        // (no `connection: close`, so the proxy keeps it in its pool).
+        if close_after {
             return;
         }
     }
