@@ -3,6 +3,7 @@
 //! SIGHUP. Unchanged files (same SHA-256) are not re-parsed.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -182,6 +183,21 @@ impl FileSource {
         Ok(())
     }
 
+    /// File names of everything loaded from files (tls.crt, keyset.json, the config …).
+    fn watched_names(&self) -> HashSet<OsString> {
+        [
+            What::ServingCert,
+            What::TrustBundles,
+            What::KeySet,
+            What::Revocations,
+            What::Routes,
+        ]
+        .into_iter()
+        .flat_map(|w| self.paths(w))
+        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+        .collect()
+    }
+
     fn watch_dirs(&self) -> HashSet<PathBuf> {
         let mut dirs = HashSet::new();
         for what in [
@@ -203,6 +219,25 @@ impl FileSource {
     }
 }
 
+/// Whether an event in a watched directory may change what was loaded: it
+/// names one of our files, or a `..`-prefixed entry (a Kubernetes volume
+/// update renames `..data` and never touches tls.crt itself,
+/// tests/proxy/csi_swap.rs), or the watcher lost track (rescan, no paths).
+/// Other files in the directory (a log written beside the config, an
+/// editor's swap file) do not cost a re-read of every file. Content hashes
+/// make a reload of unchanged files a no-op either way.
+fn relevant(e: &notify::Event, names: &HashSet<OsString>) -> bool {
+    if e.kind.is_access() {
+        return false;
+    }
+    e.need_rescan()
+        || e.paths.is_empty()
+        || e.paths.iter().any(|p| {
+            p.file_name()
+                .is_some_and(|n| names.contains(n) || n.as_encoded_bytes().starts_with(b".."))
+        })
+}
+
 #[async_trait]
 impl StateSource for FileSource {
     fn name(&self) -> &'static str {
@@ -213,12 +248,9 @@ impl StateSource for FileSource {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let _watcher = if self.watch {
             let events = tx.clone();
+            let names = self.watched_names();
             match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                // Any event in a watched directory may matter, whatever its file
-                // name: a Kubernetes volume update renames `..data` and never
-                // touches tls.crt itself (tests/proxy/csi_swap.rs). Content
-                // hashes make the other events cheap no-ops.
-                if ev.is_ok_and(|e| !e.kind.is_access()) {
+                if ev.as_ref().map_or(true, |e| relevant(e, &names)) {
                     let _ = events.send(());
                 }
             }) {
@@ -268,5 +300,56 @@ impl StateSource for FileSource {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        e
+    }
+
+    #[test]
+    fn only_events_that_can_touch_our_files_reload() {
+        let names: HashSet<OsString> = ["tls.crt", "keyset.json", "proxy.yaml"]
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(relevant(&ev(modify, &["/etc/zen/tls.crt"]), &names));
+        // An editor's or a tool's rename onto the file.
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        assert!(relevant(
+            &ev(rename, &["/etc/zen/.tmp123", "/etc/zen/keyset.json"]),
+            &names
+        ));
+        // Kubernetes atomic writer.
+        assert!(relevant(
+            &ev(rename, &["/etc/zen/..data_tmp", "/etc/zen/..data"]),
+            &names
+        ));
+        assert!(relevant(
+            &ev(
+                EventKind::Create(CreateKind::Folder),
+                &["/etc/zen/..2026_11_26"]
+            ),
+            &names
+        ));
+        // The watcher lost events: look.
+        assert!(relevant(&ev(EventKind::Other, &[]), &names));
+        // Unrelated files beside ours, and reads of ours.
+        assert!(!relevant(&ev(modify, &["/etc/zen/zen-proxy.log"]), &names));
+        assert!(!relevant(&ev(modify, &["/etc/zen/.tls.crt.swp"]), &names));
+        assert!(!relevant(
+            &ev(EventKind::Access(AccessKind::Any), &["/etc/zen/tls.crt"]),
+            &names
+        ));
     }
 }
