@@ -79,9 +79,10 @@ impl Pool {
             let q = m.get_mut(&(self.id, upstream))?;
             while let Some(idle) = q.pop_back() {
                 if idle.deadline <= now {
-                    // Older entries sit below this one: all expired too.
-                    q.clear();
-                    return None;
+                    // Closed on drop. Entries below may still be good: a
+                    // server's short Keep-Alive timeout gives a later entry
+                    // an earlier deadline.
+                    continue;
                 }
                 if now.duration_since(idle.since) < PROBE_AFTER || still_open(&idle.stream) {
                     return Some(idle.stream);
