@@ -31,11 +31,19 @@ pub enum ClientError {
     },
     #[error("HTTP exchange with {addr} failed: {source}")]
     Http { addr: String, source: hyper::Error },
+    #[error("response from {addr} is larger than {limit} bytes; refused")]
+    ResponseTooLarge { addr: String, limit: usize },
+    #[error("reading the response body from {addr} failed: {detail}")]
+    Body { addr: String, detail: String },
     #[error("building the request: {0}")]
     Request(#[from] http::Error),
     #[error(transparent)]
     Sign(#[from] signature::SignError),
 }
+
+/// The most a response body may hold (desired state, enrollment bundles);
+/// a larger one is refused rather than buffered without bound.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The key a request is signed with.
 #[derive(Debug, Clone)]
@@ -150,7 +158,23 @@ pub async fn send(
         }
     };
     let (head, body) = response.into_parts();
-    let body = body.collect().await.map_err(http_err)?.to_bytes();
+    let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ClientError::ResponseTooLarge {
+                    addr: addr.clone(),
+                    limit: MAX_RESPONSE_BYTES,
+                }
+            } else {
+                ClientError::Body {
+                    addr: addr.clone(),
+                    detail: e.to_string(),
+                }
+            }
+        })?
+        .to_bytes();
     drop(sender);
     conn.abort();
     Ok(Response {
@@ -158,4 +182,81 @@ pub async fn send(
         headers: head.headers,
         body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS server on 127.0.0.1 that answers one request with a body of `len` bytes.
+    async fn server(len: usize) -> (String, Arc<ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(cert.der().to_vec()))
+            .unwrap();
+        let client_cfg = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = tls.read(&mut buf).await;
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n");
+            let _ = tls.write_all(head.as_bytes()).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if tls.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            let _ = tls.shutdown().await;
+        });
+        (
+            format!("https://127.0.0.1:{port}/agent/v1/x"),
+            Arc::new(client_cfg),
+        )
+    }
+
+    #[tokio::test]
+    async fn response_bodies_are_bounded() {
+        let (url, tls) = server(1000).await;
+        let resp = send(tls, Method::GET, &url, &[], None, None).await.unwrap();
+        assert_eq!(resp.body.len(), 1000);
+
+        let (url, tls) = server(MAX_RESPONSE_BYTES + 1).await;
+        let err = send(tls, Method::GET, &url, &[], None, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::ResponseTooLarge { limit, .. } if limit == MAX_RESPONSE_BYTES),
+            "{err}"
+        );
+    }
 }
