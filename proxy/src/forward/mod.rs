@@ -123,13 +123,18 @@ impl Upstreams {
             response_started: false,
         };
         // A pooled connection may have been closed by the upstream while idle;
-        // then one fresh connection is tried. Nothing has been answered yet.
+        // then one fresh connection is tried, nothing having been answered yet
+        // — for idempotent methods only (RFC 9110 §9.2.2): a POST may have
+        // reached the upstream before the connection died, and sending it
+        // again would be a replay the proxy itself made. Those get a probed
+        // connection instead, and a 502 if it dies anyway.
+        let idempotent = idempotent_method(&session.req_header().method);
         let mut attempt = 0;
         let mut up = loop {
             attempt += 1;
             // A retry always takes a fresh connection.
             let pooled = if attempt == 1 {
-                self.pool.take(index)
+                self.pool.take(index, !idempotent)
             } else {
                 None
             };
@@ -166,7 +171,7 @@ impl Upstreams {
             .await;
             match sent {
                 Ok(()) => break up,
-                Err(e) if reused && attempt == 1 => {
+                Err(e) if reused && idempotent && attempt == 1 => {
                     tracing::debug!(upstream = %upstream.name, error = %e, "stale pooled connection, retrying once");
                     up.shutdown().await;
                 }
@@ -229,6 +234,20 @@ impl Upstreams {
         }
         Ok(status)
     }
+}
+
+/// Methods a client may repeat with the same effect (RFC 9110 §9.2.2).
+fn idempotent_method(m: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(m)
 }
 
 /// The request the upstream sees: client-supplied identity headers removed,

@@ -20,8 +20,10 @@
 //! timeout=` if shorter) are never handed out, and a per-thread sweep closes
 //! them once a second. An entry idle longer than [`PROBE_AFTER`] is probed
 //! with one non-blocking `MSG_PEEK` before use (EOF or unexpected bytes: it
-//! is dropped). A connection that fails anyway before any response byte is
-//! retried once on a fresh connection by the caller (forward/mod.rs).
+//! is dropped), and so is every entry handed to a request that will not be
+//! retried. A connection that fails anyway before any response byte is
+//! retried once on a fresh connection by the caller (forward/mod.rs), for
+//! idempotent methods only.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -72,7 +74,9 @@ impl Pool {
 
     /// The most recently released usable connection to upstream `upstream`
     /// (an index into the caller's upstream list), if this thread has one.
-    pub fn take(&self, upstream: usize) -> Option<Stream> {
+    /// `probe`: peek at it however briefly it has been idle (for requests
+    /// that must not be retried).
+    pub fn take(&self, upstream: usize, probe: bool) -> Option<Stream> {
         let now = Instant::now();
         IDLE.with(|m| {
             let mut m = m.borrow_mut();
@@ -84,7 +88,8 @@ impl Pool {
                     // an earlier deadline.
                     continue;
                 }
-                if now.duration_since(idle.since) < PROBE_AFTER || still_open(&idle.stream) {
+                let fresh = !probe && now.duration_since(idle.since) < PROBE_AFTER;
+                if fresh || still_open(&idle.stream) {
                     return Some(idle.stream);
                 }
             }
@@ -208,15 +213,18 @@ mod tests {
         pool.put(0, a, Duration::from_secs(60));
         pool.put(0, b, Duration::from_secs(60));
         assert_eq!(pool.idle_here(0), 2);
-        assert_eq!(pool.take(0).map(|s| s.id()), Some(b_id), "LIFO");
-        assert_eq!(pool.take(0).map(|s| s.id()), Some(a_id));
-        assert!(pool.take(0).is_none());
-        assert!(pool.take(1).is_none(), "another upstream has its own stack");
+        assert_eq!(pool.take(0, false).map(|s| s.id()), Some(b_id), "LIFO");
+        assert_eq!(pool.take(0, false).map(|s| s.id()), Some(a_id));
+        assert!(pool.take(0, false).is_none());
+        assert!(
+            pool.take(1, false).is_none(),
+            "another upstream has its own stack"
+        );
 
         let (c, _sc) = pair().await;
         pool.put(0, c, Duration::ZERO);
         assert!(
-            pool.take(0).is_none(),
+            pool.take(0, false).is_none(),
             "an expired entry is never handed out"
         );
         assert_eq!(pool.idle_here(0), 0);
@@ -249,8 +257,25 @@ mod tests {
                 });
             }
         });
-        assert_eq!(pool.take(0).map(|s| s.id()), Some(fine_id));
-        assert!(pool.take(0).is_none());
+        assert_eq!(pool.take(0, false).map(|s| s.id()), Some(fine_id));
+        assert!(pool.take(0, false).is_none());
+
+        // Released just now, closed since: only a probing take notices.
+        let (closed, server_side) = pair().await;
+        drop(server_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        pool.put(0, closed, Duration::from_secs(60));
+        assert!(pool.take(0, true).is_none(), "probe finds it closed");
+        let (closed, server_side) = pair().await;
+        drop(server_side);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let closed_id2 = closed.id();
+        pool.put(0, closed, Duration::from_secs(60));
+        assert_eq!(
+            pool.take(0, false).map(|s| s.id()),
+            Some(closed_id2),
+            "a non-probing take trusts a connection idle under {PROBE_AFTER:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -275,4 +275,57 @@ async fn pooled_upstream_connections_are_reused_and_a_closed_one_is_replaced() {
     );
     // The first connection (closed after request 4), then one per closing request.
     assert_eq!(env.upstream.log.connections.load(Ordering::SeqCst), 3);
+
+    // A POST is never retried, so it gets a probed connection: released only
+    // 50 ms ago, the closed one is still noticed and a fresh one used.
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let req = Req::post(BULK_PATH, b"{}".to_vec())
+            .header("x-test-close", "1")
+            .signed(&env.a1.key_id, &env.a1.secret);
+        let resp = conn.send(&req).await.unwrap();
+        assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    }
+    assert_eq!(env.upstream.requests().len(), 8);
+    assert_eq!(env.upstream.log.connections.load(Ordering::SeqCst), 5);
+}
+
+/// A request lost by the upstream on a reused connection (it arrived, then
+/// the connection closed unanswered) is sent once more on a fresh connection
+/// when its method is idempotent, and never when it is not: a second POST
+/// would be a replay made by the proxy. Both end in 502 here, as the
+/// upstream drops every copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_idempotent_requests_are_retried_after_a_lost_exchange() {
+    let env = Env::start().await;
+    let mut conn = env.conn(&env.a1).await;
+    let path = "/agent/v1/clusters/c1/desired-state";
+    let warm = |env: &Env| Req::get(path).signed(&env.a1.key_id, &env.a1.secret);
+    // One pooled connection, then a POST the upstream loses on it.
+    assert_eq!(conn.send(&warm(&env)).await.unwrap().status, 200);
+    let post = Req::post(BULK_PATH, b"{}".to_vec())
+        .header("x-test-drop", "1")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = conn.send(&post).await.unwrap();
+    assert_eq!(resp.status, 502, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.json()["error"], "upstream_unavailable");
+    assert_eq!(
+        env.upstream.requests().len(),
+        2,
+        "the POST reached the upstream once"
+    );
+
+    // The same for a GET: it goes out twice (reused, then fresh).
+    let mut conn = env.conn(&env.a1).await;
+    assert_eq!(conn.send(&warm(&env)).await.unwrap().status, 200);
+    let get = Req::get(path)
+        .header("x-test-drop", "1")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = conn.send(&get).await.unwrap();
+    assert_eq!(resp.status, 502, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(
+        env.upstream.requests().len(),
+        5,
+        "warm-up, then the GET twice"
+    );
 }

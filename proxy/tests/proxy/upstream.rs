@@ -167,6 +167,7 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
             }
         }
         let close_after = get("x-test-close").is_some();
+        let drop_unanswered = get("x-test-drop").is_some();
         // Lets tests hold a request in flight (SIGTERM drain).
         if let Some(ms) = get("x-test-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
@@ -177,6 +178,10 @@ async fn serve(mut s: TcpStream, log: Arc<Log>) {
             headers,
             body,
         });
+        // Lets tests lose a request after it arrived: no answer, connection closed.
+        if drop_unanswered {
+            return;
+        }
         let resp_body = br#"{"ok":true}"#;
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
