@@ -259,7 +259,7 @@ pub fn upstream_request(
     peer: Option<&PeerIdentity>,
 ) -> RequestHeader {
     let path_and_query = orig.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build(
+    let mut req = RequestHeader::build_no_case(
         orig.method.clone(),
         path_and_query.as_bytes(),
         Some(orig.headers.len() + 4),
