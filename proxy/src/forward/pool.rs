@@ -10,10 +10,9 @@
 //! `strace`), which closes a good connection and opens a new one. Each
 //! request also paid a `getpeername` and two non-blocking reads.
 //!
-//! Here a task never leaves the worker that accepted its connection, so a
-//! connection released by a worker is reused by that same worker, whose
-//! reactor it is registered with: a thread-local stack, no lock, no task per
-//! release. This is the hot path, hence hand-written rather than a crate.
+//! Here a task never leaves the worker it was spawned on, so a connection
+//! released by a worker is reused by that same worker, whose reactor it is
+//! registered with: a thread-local stack, no lock, no task per release. This is the hot path, hence hand-written rather than a crate.
 //!
 //! Staleness: an upstream may close an idle connection. Entries past their
 //! deadline (the upstream's idle timeout, or the server's `Keep-Alive:
@@ -126,9 +125,9 @@ impl Pool {
     }
 }
 
-/// Closes this thread's expired idle connections once a second, so an
-/// upstream's closed sockets do not linger in CLOSE_WAIT while traffic is
-/// quiet. One task per worker thread, spawned on the first release.
+/// Closes this thread's expired idle connections once a second, so sockets
+/// the upstream has closed do not linger in CLOSE_WAIT past their deadline
+/// while traffic is quiet. One task per worker thread, spawned on the first release.
 fn start_sweeper() {
     if SWEEPER.with(|s| s.replace(true)) {
         return;
