@@ -193,12 +193,14 @@ impl ProxyHttp for ZenProxy {
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let m = &self.state.metrics;
-        let status = ctx.status.to_string();
+        // The code's digits without formatting them per request; 0 = no response was sent.
+        let code = http::StatusCode::from_u16(ctx.status).ok();
+        let status = code.as_ref().map_or("0", http::StatusCode::as_str);
         m.requests
             .with_label_values(&[
                 self.listener.as_str(),
                 ctx.route.as_deref().unwrap_or("-"),
-                &status,
+                status,
             ])
             .inc();
         m.request_seconds
