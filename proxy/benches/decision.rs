@@ -140,13 +140,7 @@ impl Bench {
             synced_at: None,
         };
         let metrics = Metrics::new();
-        let state = State::new(
-            initial,
-            cfg.routes.clone(),
-            cfg.replay_capacity,
-            metrics.clone(),
-            None,
-        );
+        let state = State::from_config(initial, &cfg, metrics.clone());
         let policy = VerifyPolicy {
             max_age: cfg.signature.max_age,
             max_skew: cfg.signature.max_skew,

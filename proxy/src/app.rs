@@ -31,13 +31,7 @@ pub fn run(cfg: Config) -> Result<()> {
     }
     let initial = Initial::load(&cfg, &provider).map_err(anyhow::Error::new)?;
     let metrics = Metrics::new();
-    let state = State::new(
-        initial,
-        cfg.routes.clone(),
-        cfg.replay_capacity,
-        metrics.clone(),
-        cfg.control.as_ref().map(|c| c.max_state_age),
-    );
+    let state = State::from_config(initial, &cfg, metrics.clone());
     let cfg = Arc::new(cfg);
 
     let conf = ServerConf {

@@ -259,6 +259,18 @@ pub struct State {
 }
 
 impl State {
+    /// The state a `Config` describes: its routes, replay capacity and (with a
+    /// control source) the age after which pulled state counts as stale.
+    pub fn from_config(initial: Initial, cfg: &Config, metrics: Metrics) -> Arc<State> {
+        State::new(
+            initial,
+            cfg.routes.clone(),
+            cfg.replay_capacity,
+            metrics,
+            cfg.control.as_ref().map(|c| c.max_state_age),
+        )
+    }
+
     pub fn new(
         initial: Initial,
         routes: RouteTable,
