@@ -314,6 +314,7 @@ async fn only_idempotent_requests_are_retried_after_a_lost_exchange() {
         2,
         "the POST reached the upstream once"
     );
+    assert_eq!(env.refusals("upstream_unavailable").await, 1.0);
 
     // The same for a GET: it goes out twice (reused, then fresh).
     let mut conn = env.conn(&env.a1).await;
@@ -328,4 +329,5 @@ async fn only_idempotent_requests_are_retried_after_a_lost_exchange() {
         5,
         "warm-up, then the GET twice"
     );
+    assert_eq!(env.refusals("upstream_unavailable").await, 2.0);
 }
