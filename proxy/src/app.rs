@@ -12,6 +12,7 @@ use zen_trust::signature::VerifyPolicy;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
+use crate::downstream::WaitForRequest;
 use crate::forward::Upstreams;
 use crate::metrics::Metrics;
 use crate::policy::Listener;
@@ -59,16 +60,18 @@ pub fn run(cfg: Config) -> Result<()> {
 
     // Agent listener: client certificate mandatory.
     let agent_tls = tls_settings(&state, &provider, "agent", true, cfg.agent.allow_tls12)?;
-    let mut agent = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        ZenProxy {
-            listener: Listener::Agent,
-            identity_required: true,
-            state: state.clone(),
-            upstreams: upstreams.clone(),
-            policy,
-        },
-        "agent",
+    let mut agent = Service::new(
+        "agent".into(),
+        WaitForRequest::new(pingora_proxy::http_proxy(
+            &server.configuration,
+            ZenProxy {
+                listener: Listener::Agent,
+                identity_required: true,
+                state: state.clone(),
+                upstreams: upstreams.clone(),
+                policy,
+            },
+        )),
     );
     agent.add_tls_with_settings(&cfg.agent.address.to_string(), None, agent_tls);
     agent
@@ -84,16 +87,18 @@ pub fn run(cfg: Config) -> Result<()> {
             b.require_spiffe,
             b.allow_tls12,
         )?;
-        let mut boot = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            ZenProxy {
-                listener: Listener::Bootstrap,
-                identity_required: b.require_spiffe,
-                state: state.clone(),
-                upstreams: upstreams.clone(),
-                policy,
-            },
-            "bootstrap",
+        let mut boot = Service::new(
+            "bootstrap".into(),
+            WaitForRequest::new(pingora_proxy::http_proxy(
+                &server.configuration,
+                ZenProxy {
+                    listener: Listener::Bootstrap,
+                    identity_required: b.require_spiffe,
+                    state: state.clone(),
+                    upstreams: upstreams.clone(),
+                    policy,
+                },
+            )),
         );
         boot.add_tls_with_settings(&b.address.to_string(), None, tls);
         boot.endpoints()

@@ -17,6 +17,7 @@ pub mod svid_source;
 pub mod tls;
 
 mod admin;
+mod downstream;
 mod forward;
 mod reload;
 mod service;

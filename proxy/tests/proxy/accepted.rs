@@ -1,6 +1,8 @@
 //! Requests that pass every check reach the upstream exactly as sent, with
 //! identity headers added and spoofed ones stripped.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 
 use super::client::{once, Req};
@@ -113,6 +115,41 @@ async fn keep_alive_connection_serves_many_requests() {
         assert_eq!(resp.status, 200);
     }
     assert_eq!(env.upstream.requests().len(), 20);
+}
+
+/// An idle keep-alive connection waits for its next request outside the
+/// proxy session (src/downstream.rs), which hands the first byte on to
+/// pingora's parser: a request that then trickles in, header and body, must
+/// arrive whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_trickling_in_after_an_idle_pause_arrives_whole() {
+    let env = Env::start().await;
+    let mut conn = env.conn(&env.a1).await;
+    let first =
+        Req::get("/agent/v1/clusters/c1/desired-state").signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(conn.send(&first).await.unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let body = br#"{"cluster":"c1","status":"trickled"}"#.to_vec();
+    let second =
+        Req::post("/agent/v1/heartbeat", body.clone()).signed(&env.a1.key_id, &env.a1.secret);
+    let len = second.encode().len();
+    let resp = conn
+        .send_in_pieces(&second, &[1, 2, 40, len - 10], Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    // And the connection is still good for a third.
+    let third =
+        Req::get("/agent/v1/clusters/c1/desired-state").signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(conn.send(&third).await.unwrap().status, 200);
+
+    let got = env.upstream.requests();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[1].method, "POST");
+    assert_eq!(got[1].target, "/agent/v1/heartbeat");
+    assert_eq!(got[1].body, body);
+    assert_eq!(got[1].header("x-zen-spiffe-id"), Some(A1));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -108,7 +108,7 @@ impl Req {
         }
         self
     }
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = format!(
             "{} {} HTTP/1.1\r\nhost: localhost\r\n",
             self.method, self.path
@@ -186,6 +186,37 @@ impl Conn {
         self.stream.write_all(&req.encode()).await?;
         self.stream.flush().await?;
         self.read_response().await
+    }
+
+    /// Sends the request in pieces cut at `cuts` (byte offsets), pausing
+    /// between them: a client whose request trickles in.
+    pub async fn send_in_pieces(
+        &mut self,
+        req: &Req,
+        cuts: &[usize],
+        pause: std::time::Duration,
+    ) -> std::io::Result<Resp> {
+        let wire = req.encode();
+        let mut from = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&wire.len())) {
+            self.stream.write_all(&wire[from..cut]).await?;
+            self.stream.flush().await?;
+            from = cut;
+            if cut < wire.len() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        self.read_response().await
+    }
+
+    /// True if the proxy closes this connection (EOF or reset) within
+    /// `within` without sending anything.
+    pub async fn closed_by_peer(&mut self, within: std::time::Duration) -> bool {
+        let mut tmp = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, self.stream.read(&mut tmp)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
     }
 
     /// Sends the head, waits for `100 Continue`, then sends the body.

@@ -220,6 +220,12 @@ async fn swap_under_load_cert_and_key_set_100_times_no_failed_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_in_flight_then_exits() {
     let mut env = Env::start().await;
+    // A keep-alive connection that has served a request and sits idle: the
+    // proxy closes it when the drain starts rather than serve more on it.
+    let mut idle = env.conn(&env.a1).await;
+    let ping = Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(idle.send(&ping).await.unwrap().status, 200);
+    let upstream_bytes = env.upstream.bytes();
     let mut conn = env.conn(&env.a1).await;
     let slow = Req::post(HB, b"{}".to_vec())
         .header("x-test-delay-ms", "1500")
@@ -227,11 +233,15 @@ async fn sigterm_drains_in_flight_then_exits() {
     let in_flight = tokio::spawn(async move { conn.send(&slow).await });
     // Let the request reach the upstream, then ask the proxy to stop.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while env.upstream.bytes() == 0 {
+    while env.upstream.bytes() == upstream_bytes {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     env.sigterm();
+    assert!(
+        idle.closed_by_peer(Duration::from_secs(5)).await,
+        "an idle keep-alive connection stays open after SIGTERM"
+    );
     let resp = in_flight
         .await
         .unwrap()

@@ -1,0 +1,216 @@
+//! Downstream HTTP/1 keep-alive: an idle connection waits for its next
+//! request in a small future of ours, not inside pingora's proxy session.
+//!
+//! Why: pingora's `ServerApp` loop for an `HttpServerApp` builds the next
+//! request's session and enters `process_new_http` straight away, so an idle
+//! keep-alive connection holds that boxed future (13 KiB for the proxy's
+//! state machine), the loop's own boxed future (3.8 KiB) and a 4 KiB header
+//! buffer while it waits for bytes that may take minutes to come: about 21 of
+//! the ~57 kB each idle agent connection cost (heaptrack, 1,000 idle
+//! connections; proxy/README.md "Memory"). Here the wait happens first, for
+//! one byte, and pingora gets that byte as the session's pipelined prefix
+//! (`set_pipelined_prefix`, which its header parser reads before the
+//! socket). The rest of the request is read by pingora as before; the byte
+//! adds one read from rustls's already-decrypted buffer, not a syscall.
+//!
+//! What stays as pingora does it: the 60 s idle timeout between requests
+//! (the same value pingora sets for every new HTTP/1 session), closing idle
+//! connections when a graceful shutdown starts, the keep-alive request
+//! limit, and HTTP/2 (ALPN h2), which is handed to pingora unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncReadExt;
+
+/// Idle time allowed before a request's first byte: pingora's value for every
+/// new HTTP/1 session (`ServerApp for HttpServerApp`), so that moving the wait
+/// here changes nothing a client can see.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// pingora's header parser takes this buffer over as its own, so it is sized
+/// like the one it would allocate (`INIT_HEADER_BUF_SIZE`).
+const HEADER_BUF: usize = 4096;
+
+/// Wraps an HTTP application (the agent or bootstrap listener's proxy) so
+/// that its HTTP/1 connections wait for each request's first byte before the
+/// proxy session is built.
+pub struct WaitForRequest<A> {
+    inner: Arc<A>,
+}
+
+impl<A> WaitForRequest<A> {
+    pub fn new(inner: A) -> Self {
+        WaitForRequest {
+            inner: Arc::new(inner),
+        }
+    }
+}
+
+/// Why an idle connection is closed instead of served.
+#[derive(Debug, PartialEq, Eq)]
+enum Closed {
+    /// The client closed it (EOF) or the read failed.
+    Client,
+    /// No byte within [`KEEPALIVE_IDLE`].
+    IdleTimeout,
+    /// A graceful shutdown started.
+    Shutdown,
+}
+
+/// Waits for the next request's first byte. Returns it in a buffer for
+/// pingora's header parser, or why the connection should be closed.
+async fn first_byte(
+    stream: &mut Stream,
+    shutdown: &mut ShutdownWatch,
+    idle: Duration,
+) -> Result<BytesMut, Closed> {
+    if *shutdown.borrow() {
+        return Err(Closed::Shutdown);
+    }
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(idle, stream.read(&mut byte));
+    tokio::pin!(read);
+    let read = loop {
+        tokio::select! {
+            biased;
+            read = &mut read => break read,
+            changed = shutdown.changed() => {
+                // A closed channel means the server is gone: close too.
+                if changed.is_err() || *shutdown.borrow_and_update() {
+                    return Err(Closed::Shutdown);
+                }
+            }
+        }
+    };
+    match read {
+        Ok(Ok(1)) => {
+            let mut buf = BytesMut::with_capacity(HEADER_BUF);
+            buf.extend_from_slice(&byte);
+            Ok(buf)
+        }
+        Ok(_) => Err(Closed::Client),
+        Err(_) => Err(Closed::IdleTimeout),
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for WaitForRequest<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.inner, stream, shutdown).await;
+        }
+        // Our own receiver: `changed()` needs `&mut`, and a clone per
+        // connection (not per request) is one Arc increment.
+        let mut shutdown_rx = shutdown.clone();
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        loop {
+            // pingora enables pipelining (and so a prefix carried over from
+            // the previous request) only when the application asks for it,
+            // which zen-proxy never does: a reused connection starts clean.
+            let prefix = match first_byte(&mut stream, &mut shutdown_rx, KEEPALIVE_IDLE).await {
+                Ok(prefix) => prefix,
+                Err(why) => {
+                    tracing::trace!(?why, "downstream connection closed while idle");
+                    return None;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match persistent.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            if *shutdown_rx.borrow() {
+                session.set_keepalive(None);
+            }
+            session.set_pipelined_prefix(prefix);
+            let reused = self.inner.process_new_http(session, shutdown).await?;
+            let (next, settings) = reused.consume();
+            stream = next;
+            persistent = settings;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn pair() -> (Stream, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64);
+        (Box::new(ours), theirs)
+    }
+
+    #[tokio::test]
+    async fn the_first_byte_becomes_the_prefix_and_the_rest_stays_in_the_stream() {
+        let (mut stream, mut client) = pair();
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let prefix = first_byte(&mut stream, &mut rx, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(&prefix[..], b"G");
+        assert!(prefix.capacity() >= HEADER_BUF);
+        let mut rest = [0u8; 15];
+        stream.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"ET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn eof_closes() {
+        let (mut stream, client) = pair();
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        drop(client);
+        let got = first_byte(&mut stream, &mut rx, Duration::from_secs(5)).await;
+        assert_eq!(got.unwrap_err(), Closed::Client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_past_the_idle_timeout_closes() {
+        let (mut stream, _client) = pair();
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        let got = first_byte(&mut stream, &mut rx, Duration::from_secs(60)).await;
+        assert_eq!(got.unwrap_err(), Closed::IdleTimeout);
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_closes_a_waiting_connection_and_refuses_a_new_wait() {
+        let (mut stream, _client) = pair();
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let waiting = tokio::spawn(async move {
+            let got = first_byte(&mut stream, &mut rx, Duration::from_secs(3600)).await;
+            (got.map(|_| ()), stream, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.send(true).unwrap();
+        let (got, mut stream, mut rx) = waiting.await.unwrap();
+        assert_eq!(got.unwrap_err(), Closed::Shutdown);
+        let again = first_byte(&mut stream, &mut rx, Duration::from_secs(3600)).await;
+        assert_eq!(again.unwrap_err(), Closed::Shutdown);
+    }
+}
