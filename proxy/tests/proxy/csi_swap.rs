@@ -115,7 +115,7 @@ async fn spawn(env: &mut Env, config: &Path) {
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok((200, _)) = env.admin_get("/readyz").await {
+        if let Ok((200, _)) = env.admin_get_once("/readyz").await {
             if tokio::net::TcpStream::connect(env.agent_addr).await.is_ok() {
                 return;
             }
