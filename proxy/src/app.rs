@@ -60,23 +60,21 @@ pub fn run(cfg: Config) -> Result<()> {
 
     // Agent listener: client certificate mandatory.
     let agent_tls = tls_settings(&state, &provider, "agent", true, cfg.agent.allow_tls12)?;
-    let mut agent = Service::new(
-        "agent".into(),
-        WaitForRequest::new(pingora_proxy::http_proxy(
-            &server.configuration,
-            ZenProxy {
-                listener: Listener::Agent,
-                identity_required: true,
-                state: state.clone(),
-                upstreams: upstreams.clone(),
-                policy,
-            },
-        )),
+    let agent = ZenProxy {
+        listener: Listener::Agent,
+        identity_required: true,
+        state: state.clone(),
+        upstreams: upstreams.clone(),
+        policy,
+    };
+    let agent = proxy_service(
+        &server,
+        "agent",
+        agent,
+        &cfg.agent.address,
+        agent_tls,
+        &metrics,
     );
-    agent.add_tls_with_settings(&cfg.agent.address.to_string(), None, agent_tls);
-    agent
-        .endpoints()
-        .set_pre_tls_callback(Arc::new(HandshakeStarts::new("agent", &metrics)));
     server.add_service(agent);
 
     if let Some(b) = &cfg.bootstrap {
@@ -87,23 +85,21 @@ pub fn run(cfg: Config) -> Result<()> {
             b.require_spiffe,
             b.allow_tls12,
         )?;
-        let mut boot = Service::new(
-            "bootstrap".into(),
-            WaitForRequest::new(pingora_proxy::http_proxy(
-                &server.configuration,
-                ZenProxy {
-                    listener: Listener::Bootstrap,
-                    identity_required: b.require_spiffe,
-                    state: state.clone(),
-                    upstreams: upstreams.clone(),
-                    policy,
-                },
-            )),
-        );
-        boot.add_tls_with_settings(&b.address.to_string(), None, tls);
-        boot.endpoints()
-            .set_pre_tls_callback(Arc::new(HandshakeStarts::new("bootstrap", &metrics)));
-        server.add_service(boot);
+        let boot = ZenProxy {
+            listener: Listener::Bootstrap,
+            identity_required: b.require_spiffe,
+            state: state.clone(),
+            upstreams: upstreams.clone(),
+            policy,
+        };
+        server.add_service(proxy_service(
+            &server,
+            "bootstrap",
+            boot,
+            &b.address,
+            tls,
+            &metrics,
+        ));
     }
 
     let mut admin = Service::new(
@@ -154,6 +150,25 @@ pub fn run(cfg: Config) -> Result<()> {
         "zen-proxy starting"
     );
     server.run_forever()
+}
+
+/// One proxy listener: `zen` behind pingora's HTTP proxy, idle keep-alive
+/// connections parked outside it (downstream.rs), TLS handshakes counted.
+fn proxy_service(
+    server: &Server,
+    name: &'static str,
+    zen: ZenProxy,
+    address: &std::net::SocketAddr,
+    tls: TlsSettings,
+    metrics: &Metrics,
+) -> Service<WaitForRequest<pingora_proxy::HttpProxy<ZenProxy>>> {
+    let proxy = pingora_proxy::http_proxy(&server.configuration, zen);
+    let mut service = Service::new(name.into(), WaitForRequest::new(proxy));
+    service.add_tls_with_settings(&address.to_string(), None, tls);
+    service
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(HandshakeStarts::new(name, metrics)));
+    service
 }
 
 fn tls_settings(
