@@ -7,7 +7,7 @@
 //! state machine), the loop's own boxed future (3.8 KiB) and a 4 KiB header
 //! buffer while it waits for bytes that may take minutes to come: about 21 of
 //! the ~57 kB each idle agent connection cost (heaptrack, 1,000 idle
-//! connections; proxy/README.md "Memory"). Here the wait happens first, for
+//! connections; bench/README.md "Idle memory"). Here the wait happens first, for
 //! one byte, and pingora gets that byte as the session's pipelined prefix
 //! (`set_pipelined_prefix`, which its header parser reads before the
 //! socket). The rest of the request is read by pingora as before; the byte
