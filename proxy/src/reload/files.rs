@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,13 +45,7 @@ impl FileSource {
             published: Mutex::new(HashMap::new()),
         };
         // The initial load published exactly these files.
-        for what in [
-            What::ServingCert,
-            What::TrustBundles,
-            What::KeySet,
-            What::Revocations,
-            What::Routes,
-        ] {
+        for what in What::ALL {
             if let Ok(h) = source.hash_of(what) {
                 source.published.lock().expect("poisoned").insert(what, h);
             }
@@ -91,13 +85,7 @@ impl FileSource {
 
     /// Re-reads every file whose content changed; publishes what is valid.
     pub fn reload(&self, state: &State) {
-        for what in [
-            What::ServingCert,
-            What::TrustBundles,
-            What::KeySet,
-            What::Revocations,
-            What::Routes,
-        ] {
+        for what in What::ALL {
             if self.owned_elsewhere(what) {
                 continue;
             }
@@ -183,39 +171,25 @@ impl FileSource {
         Ok(())
     }
 
+    /// Every file loaded from disk (cert and key, bundles, key set, …, the config).
+    fn loaded_paths(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        What::ALL.into_iter().flat_map(|w| self.paths(w))
+    }
+
     /// File names of everything loaded from files (tls.crt, keyset.json, the config …).
     fn watched_names(&self) -> HashSet<OsString> {
-        [
-            What::ServingCert,
-            What::TrustBundles,
-            What::KeySet,
-            What::Revocations,
-            What::Routes,
-        ]
-        .into_iter()
-        .flat_map(|w| self.paths(w))
-        .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
-        .collect()
+        self.loaded_paths()
+            .filter_map(|p| p.file_name().map(|n| n.to_os_string()))
+            .collect()
     }
 
     fn watch_dirs(&self) -> HashSet<PathBuf> {
-        let mut dirs = HashSet::new();
-        for what in [
-            What::ServingCert,
-            What::TrustBundles,
-            What::KeySet,
-            What::Revocations,
-            What::Routes,
-        ] {
-            for p in self.paths(what) {
-                let dir = p
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                dirs.insert(dir.to_path_buf());
-            }
-        }
-        dirs
+        self.loaded_paths()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+            .collect()
     }
 }
 

@@ -26,6 +26,15 @@ pub enum What {
 }
 
 impl What {
+    /// Every kind, in the order the file source loads them.
+    pub const ALL: [What; 5] = [
+        What::ServingCert,
+        What::TrustBundles,
+        What::KeySet,
+        What::Revocations,
+        What::Routes,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             What::ServingCert => "serving_cert",
