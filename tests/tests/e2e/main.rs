@@ -210,9 +210,10 @@ async fn lifecycle_enroll_use_rotate_revoke() {
         let before = saas.count();
         let r = rotated.send(Method::GET, &echo, &[], None).await;
         if r.status != StatusCode::OK {
-            // Which refusal comes first depends on which part of the pulled
-            // state (key set or revocation list) the proxy applies first;
-            // each names the revoked agent.
+            // The key set and the revocation list are separate swaps: a
+            // request overlapping the publish can check the old key set
+            // (key still active) and then the new revocation list. Each
+            // code refuses the revoked agent.
             assert!(
                 matches!(
                     r.error_code().as_deref(),
