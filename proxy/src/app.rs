@@ -1,5 +1,6 @@
 //! Wiring: state, listeners, admin and state source into one pingora server.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -8,8 +9,10 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
+use pingora_proxy::HttpProxy;
 use zen_trust::signature::VerifyPolicy;
 
+use crate::accept::{self, AcceptService};
 use crate::admin::AdminApp;
 use crate::config::Config;
 use crate::downstream::WaitForRequest;
@@ -20,9 +23,7 @@ use crate::reload::{ControlSource, FileSource, SourceService};
 use crate::service::ZenProxy;
 use crate::state::{Initial, State};
 use crate::svid_source::{self, SvidSource};
-use crate::tls::{
-    self, HandshakeCallback, HandshakeStarts, ServingCertResolver, SpiffeClientVerifier,
-};
+use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
 
 pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
@@ -67,15 +68,16 @@ pub fn run(cfg: Config) -> Result<()> {
         upstreams: upstreams.clone(),
         policy,
     };
-    let agent = proxy_service(
+    for service in proxy_service(
         &server,
         "agent",
         agent,
-        &cfg.agent.address,
+        cfg.agent.address,
         agent_tls,
         &metrics,
-    );
-    server.add_service(agent);
+    )? {
+        server.add_service(service);
+    }
 
     if let Some(b) = &cfg.bootstrap {
         let tls = tls_settings(
@@ -92,14 +94,9 @@ pub fn run(cfg: Config) -> Result<()> {
             upstreams: upstreams.clone(),
             policy,
         };
-        server.add_service(proxy_service(
-            &server,
-            "bootstrap",
-            boot,
-            &b.address,
-            tls,
-            &metrics,
-        ));
+        for service in proxy_service(&server, "bootstrap", boot, b.address, tls, &metrics)? {
+            server.add_service(service);
+        }
     }
 
     let mut admin = Service::new(
@@ -153,22 +150,25 @@ pub fn run(cfg: Config) -> Result<()> {
 }
 
 /// One proxy listener: `zen` behind pingora's HTTP proxy, idle keep-alive
-/// connections parked outside it (downstream.rs), TLS handshakes counted.
+/// connections parked outside it (downstream.rs), accepted and served by one
+/// loop per worker (accept.rs).
 fn proxy_service(
     server: &Server,
     name: &'static str,
     zen: ZenProxy,
-    address: &std::net::SocketAddr,
+    address: SocketAddr,
     tls: TlsSettings,
     metrics: &Metrics,
-) -> Service<WaitForRequest<pingora_proxy::HttpProxy<ZenProxy>>> {
+) -> Result<Vec<AcceptService<WaitForRequest<HttpProxy<ZenProxy>>>>> {
     let proxy = pingora_proxy::http_proxy(&server.configuration, zen);
-    let mut service = Service::new(name.into(), WaitForRequest::new(proxy));
-    service.add_tls_with_settings(&address.to_string(), None, tls);
-    service
-        .endpoints()
-        .set_pre_tls_callback(Arc::new(HandshakeStarts::new(name, metrics)));
-    service
+    accept::bind(
+        name,
+        address,
+        server.configuration.threads,
+        tls.build(),
+        WaitForRequest::new(proxy),
+        metrics.tls_handshakes_started.with_label_values(&[name]),
+    )
 }
 
 fn tls_settings(

@@ -16,6 +16,7 @@ pub mod state;
 pub mod svid_source;
 pub mod tls;
 
+mod accept;
 mod admin;
 mod downstream;
 mod forward;

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use pingora_core::listeners::{PreTlsProcess, TlsAccept};
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::listeners::TlsAccept;
 use pingora_core::protocols::tls::TlsRef;
 use zen_trust::SpiffeId;
 
@@ -37,35 +36,6 @@ pub enum ConnIdentity {
     /// The connection must not serve requests (e.g. a TLS version the
     /// listener does not allow slipped past the ClientHello check).
     Refused(Refusal),
-}
-
-/// Counts every TCP connection that begins a TLS handshake on a listener
-/// (pingora's pre-TLS hook). Each one ends in exactly one of: a verdict the
-/// verifier or [`HandshakeCallback`] counts in `zen_proxy_tls_handshakes_total`,
-/// or a failure rustls ends without asking us — a client that sends no
-/// certificate where one is required, a protocol error, a client that hangs
-/// up. `started − Σ handshakes_total` is therefore the handshakes that failed
-/// before any verdict (plus the few still in progress).
-pub struct HandshakeStarts {
-    counter: prometheus::IntCounter,
-}
-
-impl HandshakeStarts {
-    pub fn new(listener: &'static str, metrics: &Metrics) -> Self {
-        HandshakeStarts {
-            counter: metrics
-                .tls_handshakes_started
-                .with_label_values(&[listener]),
-        }
-    }
-}
-
-#[async_trait]
-impl PreTlsProcess for HandshakeStarts {
-    async fn process(&self, _stream: &mut L4Stream) -> pingora_core::Result<()> {
-        self.counter.inc();
-        Ok(())
-    }
 }
 
 pub struct HandshakeCallback {

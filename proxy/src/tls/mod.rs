@@ -6,7 +6,7 @@ pub mod identity;
 pub mod resolver;
 pub mod verifier;
 
-pub use identity::{HandshakeCallback, HandshakeStarts};
+pub use identity::HandshakeCallback;
 pub use resolver::{ServingCert, ServingCertResolver};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};
 

@@ -1,0 +1,702 @@
+//! Accepting agent and bootstrap connections: one accept loop per worker
+//! thread, each on a single-threaded runtime of its own, and every
+//! connection served, start to end, by the worker that accepted it.
+//!
+//! Why not pingora's listening service: it runs all of a listener's accept
+//! loops on one worker and spawns each accepted connection on a random worker
+//! (`pingora_runtime::current_handle()`). The socket stays registered with
+//! the accepting worker's reactor, so for about half the connections every
+//! readiness event is picked up by one thread and handed to another — a
+//! cross-thread wake-up per read, and a request that waits for the other
+//! thread's event loop to come round (bench/README.md, "Where the time goes").
+//!
+//! Here each worker polls its own duplicate of the listening socket. The
+//! kernel wakes every worker waiting on it, the first `accept()` wins and the
+//! others see `EAGAIN`: a worker busy serving requests comes late to the race,
+//! so new connections go to the one with room, as with nginx's workers
+//! without `accept_mutex`. One socket, not `SO_REUSEPORT`: the kernel's hash
+//! would pin connections to workers whatever their load, and a second socket
+//! on the port is something another process of the same user could also add.
+//!
+//! What stays as pingora's listener does it: TCP_NODELAY on every accepted
+//! connection, the 60 s TLS handshake timeout, the peer address in the
+//! socket digest, and on a graceful shutdown the accept loops stop while the
+//! connections they started are left to finish (the server's shutdown timeout
+//! still bounds them).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+#[cfg(unix)]
+use pingora_core::server::ListenFds;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::Service;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// pingora's listener allows a new connection this long to finish its TLS
+/// handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// pingora's L4 write buffer: one segment. The response header and body are
+/// written as two TLS records; buffered, they leave in one `write()`.
+const WRITE_BUFFER: usize = 1460;
+
+/// pingora's listen backlog (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: i32 = 65535;
+
+/// Binds `address` once and returns one accept service per worker, each
+/// holding its own duplicate of the socket. Binding here, before the server
+/// starts, makes an address in use a startup error with the address in it.
+pub fn bind<A>(
+    name: &'static str,
+    address: SocketAddr,
+    workers: usize,
+    acceptor: Acceptor,
+    app: A,
+    handshakes_started: prometheus::IntCounter,
+) -> Result<Vec<AcceptService<A>>>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let socket = listen(address).with_context(|| format!("{name} listener: bind {address}"))?;
+    let acceptor = Arc::new(acceptor);
+    let app = Arc::new(app);
+    (0..workers.max(1))
+        .map(|worker| {
+            let socket = socket
+                .try_clone()
+                .with_context(|| format!("{name} listener: duplicate the socket of {address}"))?;
+            Ok(AcceptService {
+                name: format!("{name}-{worker}"),
+                socket: Some(socket),
+                acceptor: acceptor.clone(),
+                app: app.clone(),
+                handshakes_started: handshakes_started.clone(),
+            })
+        })
+        .collect()
+}
+
+fn listen(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // As every server does: a restart must not wait out TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// One worker's accept loop for one listener. pingora gives each service a
+/// runtime of its own; this one asks for a single thread.
+pub struct AcceptService<A> {
+    name: String,
+    /// Taken when the service starts.
+    socket: Option<std::net::TcpListener>,
+    acceptor: Arc<Acceptor>,
+    app: Arc<A>,
+    /// Every TCP connection that begins a TLS handshake. Each one ends in
+    /// exactly one of: a verdict the verifier or the handshake callback counts
+    /// in `zen_proxy_tls_handshakes_total`, or a failure rustls ends without
+    /// asking us (no certificate where one is required, a protocol error, a
+    /// client that hangs up). `started − Σ handshakes_total` is therefore the
+    /// handshakes that failed before any verdict, plus those in progress.
+    handshakes_started: prometheus::IntCounter,
+}
+
+#[async_trait]
+impl<A> Service for AcceptService<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn start_service(
+        &mut self,
+        #[cfg(unix)] _fds: Option<ListenFds>,
+        mut shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let Some(socket) = self.socket.take() else {
+            tracing::error!(service = %self.name, "accept service started twice");
+            return;
+        };
+        // Registers the socket with this worker's reactor.
+        let listener = match TcpListener::from_std(socket) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!(service = %self.name, %err, "cannot register the listening socket");
+                return;
+            }
+        };
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow_and_update() {
+                        break;
+                    }
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    self.handshakes_started.inc();
+                    // A task on this worker's runtime: the socket was
+                    // registered with this worker's reactor by accept().
+                    tokio::spawn(serve(
+                        tcp,
+                        peer,
+                        self.acceptor.clone(),
+                        self.app.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(err) => {
+                    tracing::warn!(service = %self.name, %err, "accept() failed");
+                    // Out of file descriptors: accept() would fail at once
+                    // again; give connections in flight time to end.
+                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        tracing::debug!(service = %self.name, "accept loop stopped");
+        drop(listener);
+        // Tells the application to end keep-alive after the request in
+        // flight (pingora's proxy sets its shutdown flag). Every worker calls
+        // it; a second call changes nothing.
+        self.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+}
+
+/// One connection: TLS handshake, then requests until the application
+/// returns no stream to reuse.
+async fn serve<A: ServerApp + Send + Sync + 'static>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Arc<Acceptor>,
+    app: Arc<A>,
+    shutdown: ShutdownWatch,
+) {
+    let mut l4 = L4Stream::from(tcp);
+    if let Err(err) = l4.set_nodelay() {
+        tracing::debug!(%peer, %err, "TCP_NODELAY");
+    }
+    let digest = SocketDigest::from_raw_fd(std::os::fd::AsRawFd::as_raw_fd(&l4));
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    l4.set_socket_digest(digest);
+    let conn = Buffered::new(l4);
+    // Boxed, and so freed when it completes: the handshake's state is most of
+    // this task's size (8.8 KiB inline), which an idle connection would
+    // otherwise carry for its whole life.
+    let handshake = Box::pin(tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        acceptor.tls_handshake(conn),
+    ));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        // Counted (handshakes_started and the verifier's verdicts); a
+        // scanner would otherwise fill the log.
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, %err, "downstream TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "downstream TLS handshake timed out");
+            return;
+        }
+    };
+    let mut stream: Stream = Box::new(tls);
+    loop {
+        match app.process_new(stream, &shutdown).await {
+            Some(reuse) => stream = reuse,
+            None => return,
+        }
+    }
+}
+
+/// The accepted TCP stream under rustls: a write buffer, and a read-ahead
+/// buffer that exists only while a large transfer streams in.
+///
+/// pingora sizes its L4 buffers only inside its own listener
+/// (`Stream::set_buffer` is crate-private), and a stream made from a
+/// `TcpStream` has none, so they are here:
+/// - writes: see [`WRITE_BUFFER`];
+/// - reads: rustls asks for at most 4 KiB at a time. For a request that fits
+///   (nearly all of them) one `recv` into rustls's own buffer is all it
+///   takes, with no copy and nothing held while the connection is idle —
+///   pingora's 64 KiB read buffer kept ~4.5 kB per idle connection resident.
+///   When a read fills rustls's whole request, more is probably waiting (a
+///   large body): the next reads go through a [`READ_AHEAD`] buffer, one
+///   `recv` per 64 KiB instead of per 4 KiB, until the socket has nothing
+///   more, and then the buffer is freed.
+#[derive(Debug)]
+struct Buffered {
+    io: BufWriter<L4Stream>,
+    read_ahead: Option<ReadAhead>,
+    /// The last direct read filled the caller's buffer.
+    streaming: bool,
+}
+
+/// See [`Buffered`]: pingora's L4 read buffer size.
+const READ_AHEAD: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct ReadAhead {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Buffered {
+    fn new(l4: L4Stream) -> Self {
+        Buffered {
+            io: BufWriter::with_capacity(WRITE_BUFFER, l4),
+            read_ahead: None,
+            streaming: false,
+        }
+    }
+}
+
+impl AsyncRead for Buffered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read_ahead.is_none() && this.streaming {
+            this.read_ahead = Some(ReadAhead {
+                buf: vec![0; READ_AHEAD].into_boxed_slice(),
+                start: 0,
+                end: 0,
+            });
+        }
+        let Some(ahead) = this.read_ahead.as_mut() else {
+            // Straight into the caller's buffer.
+            let wanted = out.remaining();
+            let before = out.filled().len();
+            let polled = Pin::new(this.io.get_mut()).poll_read(cx, out);
+            if let Poll::Ready(Ok(())) = polled {
+                this.streaming = wanted > 0 && out.filled().len() - before == wanted;
+            }
+            return polled;
+        };
+        if ahead.start == ahead.end {
+            let mut fill = ReadBuf::new(&mut ahead.buf);
+            match Pin::new(this.io.get_mut()).poll_read(cx, &mut fill) {
+                Poll::Ready(Ok(())) => {
+                    ahead.start = 0;
+                    ahead.end = fill.filled().len();
+                }
+                Poll::Ready(Err(err)) => {
+                    this.read_ahead = None;
+                    this.streaming = false;
+                    return Poll::Ready(Err(err));
+                }
+                Poll::Pending => {
+                    // The burst is over: free the buffer while we wait.
+                    this.read_ahead = None;
+                    this.streaming = false;
+                    return Poll::Pending;
+                }
+            }
+        }
+        let n = (ahead.end - ahead.start).min(out.remaining());
+        out.put_slice(&ahead.buf[ahead.start..ahead.start + n]);
+        ahead.start += n;
+        if ahead.start == ahead.end {
+            // Drained. Keep the buffer only if the socket filled it: more is
+            // probably waiting. Otherwise (or at EOF) go back to direct reads.
+            if ahead.end < ahead.buf.len() {
+                this.read_ahead = None;
+                this.streaming = false;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Buffered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        // BufWriter flushes before it shuts the stream down.
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Buffered {
+    async fn shutdown(&mut self) {
+        if let Err(err) = AsyncWriteExt::shutdown(self).await {
+            tracing::debug!(%err, "downstream shutdown");
+        }
+    }
+}
+
+impl UniqueID for Buffered {
+    fn id(&self) -> UniqueIDType {
+        self.io.get_ref().id()
+    }
+}
+
+impl Ssl for Buffered {}
+
+impl GetTimingDigest for Buffered {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.io.get_ref().get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.io.get_ref().get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.io.get_ref().get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Buffered {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.io.get_ref().get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.io.get_mut().set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Buffered {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.io.get_ref().get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.io.get_mut().set_socket_digest(digest)
+    }
+}
+
+impl Peek for Buffered {}
+
+impl std::os::fd::AsRawFd for Buffered {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.io.get_ref().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Writes `hello` on each connection, then closes it; counts cleanups.
+    #[derive(Default)]
+    struct Hello {
+        cleanups: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ServerApp for Hello {
+        async fn process_new(
+            self: &Arc<Self>,
+            mut stream: Stream,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<Stream> {
+            stream.write_all(b"hello").await.unwrap();
+            stream.flush().await.unwrap();
+            stream.shutdown().await.unwrap();
+            None
+        }
+
+        async fn cleanup(&self) {
+            self.cleanups.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        acceptor: Acceptor,
+        roots: rustls::RootCertStore,
+    }
+
+    fn fixture() -> Fixture {
+        crate::tls::install_crypto_provider();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("tls.crt");
+        let key_path = dir.path().join("tls.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let settings = pingora_core::listeners::tls::TlsSettings::intermediate(
+            cert_path.to_str().unwrap(),
+            key_path.to_str().unwrap(),
+        )
+        .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        Fixture {
+            _dir: dir,
+            acceptor: settings.build(),
+            roots,
+        }
+    }
+
+    fn counter() -> prometheus::IntCounter {
+        prometheus::IntCounter::new("started", "test").unwrap()
+    }
+
+    fn local_addr(service: &AcceptService<Hello>) -> SocketAddr {
+        service.socket.as_ref().unwrap().local_addr().unwrap()
+    }
+
+    #[test]
+    fn one_service_per_worker_all_on_the_one_socket() {
+        let f = fixture();
+        let services = bind(
+            "agent",
+            "127.0.0.1:0".parse().unwrap(),
+            3,
+            f.acceptor,
+            Hello::default(),
+            counter(),
+        )
+        .unwrap();
+        let names: Vec<_> = services.iter().map(|s| s.name().to_string()).collect();
+        assert_eq!(names, ["agent-0", "agent-1", "agent-2"]);
+        assert!(services.iter().all(|s| s.threads() == Some(1)));
+        let addr = local_addr(&services[0]);
+        assert!(services.iter().all(|s| local_addr(s) == addr));
+    }
+
+    #[test]
+    fn an_address_in_use_is_a_startup_error_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let f = fixture();
+        let err = bind("agent", addr, 2, f.acceptor, Hello::default(), counter())
+            .err()
+            .expect("bind must fail");
+        assert!(
+            format!("{err:#}").contains(&format!("agent listener: bind {addr}")),
+            "{err:#}"
+        );
+    }
+
+    /// Accept, handshake and serve; a failed handshake is counted; on
+    /// shutdown the loop ends, the application is told, and the port closes.
+    #[tokio::test]
+    async fn serves_counts_handshakes_and_stops_on_shutdown() {
+        let f = fixture();
+        let started = counter();
+        let mut services = bind(
+            "agent",
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            f.acceptor,
+            Hello::default(),
+            started.clone(),
+        )
+        .unwrap();
+        let mut service = services.pop().unwrap();
+        let addr = local_addr(&service);
+        let app = service.app.clone();
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { service.start_service(None, watch, 1).await });
+
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(f.roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut got = Vec::new();
+        tls.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
+
+        // Not TLS: the handshake fails, after being counted as started.
+        let mut junk = TcpStream::connect(addr).await.unwrap();
+        junk.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = junk.read_to_end(&mut rest).await;
+        assert_eq!(started.get(), 2);
+
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("the accept loop stops on shutdown")
+            .unwrap();
+        assert_eq!(app.cleanups.load(Ordering::SeqCst), 1);
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listening socket is closed once every worker stopped"
+        );
+    }
+
+    async fn pair() -> (Buffered, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let server = Buffered::new(L4Stream::from(server));
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn small_writes_leave_together_on_flush() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"header;").await.unwrap();
+        server.write_all(b"body").await.unwrap();
+        let mut buf = [0u8; 64];
+        let early = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing is sent before the flush");
+        server.flush().await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"header;body");
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_what_is_buffered_then_eof() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"close_notify").await.unwrap();
+        Shutdown::shutdown(&mut server).await;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"close_notify");
+    }
+
+    #[tokio::test]
+    async fn a_small_read_goes_straight_to_the_caller() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[7u8; 700]).await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = server.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &[7u8; 700][..]);
+        assert!(server.read_ahead.is_none() && !server.streaming);
+    }
+
+    /// rustls reads 4 KiB at a time; a 1 MiB body arrives whole and in
+    /// order through the read-ahead, which is freed once the socket is dry.
+    #[tokio::test]
+    async fn a_large_body_streams_through_the_read_ahead_then_it_is_freed() {
+        let (mut server, mut client) = pair().await;
+        let body: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client
+        });
+        let mut got = Vec::with_capacity(body.len());
+        let mut used_read_ahead = false;
+        let mut buf = [0u8; 4096];
+        while got.len() < body.len() {
+            let n = server.read(&mut buf).await.unwrap();
+            assert!(n > 0, "early EOF after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+            used_read_ahead |= server.read_ahead.is_some();
+        }
+        assert!(got == body, "the body arrived changed");
+        assert!(used_read_ahead, "a 1 MiB body used no read-ahead");
+        let _client = writer.await.unwrap();
+        let idle = tokio::time::timeout(Duration::from_millis(50), server.read(&mut buf)).await;
+        assert!(idle.is_err(), "nothing more was sent");
+        assert!(server.read_ahead.is_none(), "freed while waiting");
+    }
+
+    #[tokio::test]
+    async fn eof_after_a_burst_is_eof() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[1u8; 200_000]).await.unwrap();
+        drop(client);
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = server.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(got, 200_000);
+        assert!(server.read_ahead.is_none());
+    }
+
+    /// An idle connection's task is this future; the handshake's state
+    /// (8.8 KiB when it was inline) must stay boxed and freed.
+    #[tokio::test]
+    async fn the_connection_task_does_not_carry_the_handshake() {
+        let f = fixture();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, peer) = listener.accept().await.unwrap();
+        let (_stop, watch) = tokio::sync::watch::channel(false);
+        let task = serve(
+            tcp,
+            peer,
+            Arc::new(f.acceptor),
+            Arc::new(Hello::default()),
+            watch,
+        );
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "the connection future is {size} bytes");
+    }
+}
