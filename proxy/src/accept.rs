@@ -45,7 +45,7 @@ use pingora_core::protocols::{
 use pingora_core::server::ListenFds;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// pingora's listener allows a new connection this long to finish its TLS
@@ -246,7 +246,8 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
 /// pingora sizes its L4 buffers only inside its own listener
 /// (`Stream::set_buffer` is crate-private), and a stream made from a
 /// `TcpStream` has none, so they are here:
-/// - writes: see [`WRITE_BUFFER`];
+/// - writes: see [`WRITE_BUFFER`]; written by hand rather than with tokio's
+///   `BufWriter`, which holds its 1.4 KiB for the connection's whole life;
 /// - reads: rustls asks for at most 4 KiB at a time. For a request that fits
 ///   (nearly all of them) one `recv` into rustls's own buffer is all it
 ///   takes, with no copy and nothing held while the connection is idle —
@@ -257,7 +258,12 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
 ///   more, and then the buffer is freed.
 #[derive(Debug)]
 struct Buffered {
-    io: BufWriter<L4Stream>,
+    io: L4Stream,
+    /// Written but not yet sent; allocated on the first write after a flush
+    /// and freed by the flush, so an idle connection holds none.
+    pending: Vec<u8>,
+    /// How much of `pending` a flush interrupted by a full socket has sent.
+    sent: usize,
     read_ahead: Option<ReadAhead>,
     /// The last direct read filled the caller's buffer.
     streaming: bool,
@@ -276,7 +282,9 @@ struct ReadAhead {
 impl Buffered {
     fn new(l4: L4Stream) -> Self {
         Buffered {
-            io: BufWriter::with_capacity(WRITE_BUFFER, l4),
+            io: l4,
+            pending: Vec::new(),
+            sent: 0,
             read_ahead: None,
             streaming: false,
         }
@@ -301,7 +309,7 @@ impl AsyncRead for Buffered {
             // Straight into the caller's buffer.
             let wanted = out.remaining();
             let before = out.filled().len();
-            let polled = Pin::new(this.io.get_mut()).poll_read(cx, out);
+            let polled = Pin::new(&mut this.io).poll_read(cx, out);
             if let Poll::Ready(Ok(())) = polled {
                 this.streaming = wanted > 0 && out.filled().len() - before == wanted;
             }
@@ -309,7 +317,7 @@ impl AsyncRead for Buffered {
         };
         if ahead.start == ahead.end {
             let mut fill = ReadBuf::new(&mut ahead.buf);
-            match Pin::new(this.io.get_mut()).poll_read(cx, &mut fill) {
+            match Pin::new(&mut this.io).poll_read(cx, &mut fill) {
                 Poll::Ready(Ok(())) => {
                     ahead.start = 0;
                     ahead.end = fill.filled().len();
@@ -342,28 +350,47 @@ impl AsyncRead for Buffered {
     }
 }
 
+impl Buffered {
+    /// Sends everything pending, then frees the buffer.
+    fn poll_send_pending(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.pending.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.pending[self.sent..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl AsyncWrite for Buffered {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        let this = &mut *self;
+        if this.pending.len() + buf.len() > WRITE_BUFFER {
+            std::task::ready!(this.poll_send_pending(cx))?;
+        }
+        if buf.len() >= WRITE_BUFFER {
+            return Pin::new(&mut this.io).poll_write(cx, buf);
+        }
+        if this.pending.capacity() == 0 {
+            this.pending.reserve_exact(WRITE_BUFFER);
+        }
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_send_pending(cx))?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
 
@@ -371,7 +398,7 @@ impl AsyncWrite for Buffered {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<std::io::Result<()>> {
-        // BufWriter flushes before it shuts the stream down.
+        std::task::ready!(self.poll_send_pending(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -387,7 +414,7 @@ impl Shutdown for Buffered {
 
 impl UniqueID for Buffered {
     fn id(&self) -> UniqueIDType {
-        self.io.get_ref().id()
+        self.io.id()
     }
 }
 
@@ -395,35 +422,35 @@ impl Ssl for Buffered {}
 
 impl GetTimingDigest for Buffered {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.io.get_ref().get_timing_digest()
+        self.io.get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.io.get_ref().get_read_pending_time()
+        self.io.get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.io.get_ref().get_write_pending_time()
+        self.io.get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for Buffered {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.io.get_ref().get_proxy_digest()
+        self.io.get_proxy_digest()
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.io.get_mut().set_proxy_digest(digest)
+        self.io.set_proxy_digest(digest)
     }
 }
 
 impl GetSocketDigest for Buffered {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_ref().get_socket_digest()
+        self.io.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.io.get_mut().set_socket_digest(digest)
+        self.io.set_socket_digest(digest)
     }
 }
 
@@ -431,7 +458,7 @@ impl Peek for Buffered {}
 
 impl std::os::fd::AsRawFd for Buffered {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.io.get_ref().as_raw_fd()
+        self.io.as_raw_fd()
     }
 }
 
@@ -610,6 +637,29 @@ mod tests {
         server.flush().await.unwrap();
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"header;body");
+    }
+
+    #[tokio::test]
+    async fn mixed_writes_arrive_in_order_and_the_buffer_is_freed_by_the_flush() {
+        let (mut server, mut client) = pair().await;
+        let small = [1u8; 100];
+        let large = [2u8; 4000];
+        let tail = [3u8; 10];
+        server.write_all(&small).await.unwrap();
+        assert_eq!(server.pending.len(), 100);
+        server.write_all(&large).await.unwrap();
+        server.write_all(&tail).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(
+            server.pending.capacity(),
+            0,
+            "an idle connection holds no buffer"
+        );
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        let want = [&small[..], &large[..], &tail[..]].concat();
+        assert!(got == want, "bytes reordered or lost");
     }
 
     #[tokio::test]
