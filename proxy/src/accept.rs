@@ -403,6 +403,21 @@ impl AsyncWrite for Buffered {
     }
 }
 
+impl Drop for Buffered {
+    /// A last send without waiting, as pingora's L4 stream does on drop: when
+    /// a handshake fails, rustls writes its alert (e.g. `certificate_required`,
+    /// which tells a client without a certificate what is wrong) and the
+    /// connection is dropped with no flush.
+    fn drop(&mut self) {
+        if self.sent < self.pending.len() {
+            let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Err(err)) = self.poll_send_pending(&mut cx) {
+                tracing::debug!(%err, "downstream: last write on close");
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Shutdown for Buffered {
     async fn shutdown(&mut self) {
@@ -660,6 +675,17 @@ mod tests {
         client.read_to_end(&mut got).await.unwrap();
         let want = [&small[..], &large[..], &tail[..]].concat();
         assert!(got == want, "bytes reordered or lost");
+    }
+
+    /// A failed handshake's alert is written, then the stream dropped.
+    #[tokio::test]
+    async fn what_is_buffered_is_sent_when_the_stream_is_dropped() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"alert").await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"alert");
     }
 
     #[tokio::test]

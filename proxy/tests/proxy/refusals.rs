@@ -26,7 +26,7 @@ impl Env {
         cfg: Arc<ClientConfig>,
         addr: std::net::SocketAddr,
         result: Option<&str>,
-    ) {
+    ) -> String {
         let series = result.map(|r| {
             format!("zen_proxy_tls_handshakes_total{{listener=\"agent\",result=\"{r}\"}}")
         });
@@ -35,12 +35,15 @@ impl Env {
             None => 0.0,
         };
         let req = Req::get(DS_C1).signed(&self.a1.key_id, &self.a1.secret);
-        let res = once(addr, cfg, &req).await;
-        assert!(res.is_err(), "handshake should fail, got {res:?}");
+        let err = match once(addr, cfg, &req).await {
+            Ok(res) => panic!("handshake should fail, got {res:?}"),
+            Err(err) => err.to_string(),
+        };
         assert_eq!(self.upstream.bytes(), 0);
         if let Some(s) = series {
             assert_eq!(self.metric(&s).await, before + 1.0, "{s}");
         }
+        err
     }
 }
 
@@ -59,8 +62,11 @@ async fn client_cert_required_no_client_cert_fails_the_handshake() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let (started_before, ok_before) = (env.metric(started).await, env.metric(ok).await);
-    env.handshake_refused(env.anon_cfg.clone(), env.agent_addr, None)
+    let err = env
+        .handshake_refused(env.anon_cfg.clone(), env.agent_addr, None)
         .await;
+    // The client is told why: rustls's alert reaches it before the close.
+    assert!(err.contains("CertificateRequired"), "{err}");
     assert_eq!(env.metric(started).await, started_before + 1.0, "{started}");
     assert_eq!(env.metric(ok).await, ok_before, "{ok}");
 }
