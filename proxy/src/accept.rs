@@ -677,25 +677,21 @@ mod tests {
         assert!(got == want, "bytes reordered or lost");
     }
 
-    /// A failed handshake's alert is written, then the stream dropped.
+    /// What is buffered leaves on a shutdown (TLS close_notify) and on a
+    /// plain drop (a failed handshake's alert, written just before it).
     #[tokio::test]
-    async fn what_is_buffered_is_sent_when_the_stream_is_dropped() {
-        let (mut server, mut client) = pair().await;
-        server.write_all(b"alert").await.unwrap();
-        drop(server);
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"alert");
-    }
-
-    #[tokio::test]
-    async fn shutdown_sends_what_is_buffered_then_eof() {
-        let (mut server, mut client) = pair().await;
-        server.write_all(b"close_notify").await.unwrap();
-        Shutdown::shutdown(&mut server).await;
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"close_notify");
+    async fn what_is_buffered_is_sent_on_shutdown_and_on_drop() {
+        for shut_down in [true, false] {
+            let (mut server, mut client) = pair().await;
+            server.write_all(b"last words").await.unwrap();
+            if shut_down {
+                Shutdown::shutdown(&mut server).await;
+            }
+            drop(server);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"last words", "shut down first: {shut_down}");
+        }
     }
 
     #[tokio::test]
