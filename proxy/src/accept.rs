@@ -26,7 +26,8 @@
 //! whatever their load, and a second socket on the port is something another
 //! process of the same user could also add.
 //!
-//! What stays as pingora's listener does it: TCP_NODELAY on every accepted
+//! What stays as pingora's listener does it: waiting up to 30 s for an
+//! address in use, TCP_NODELAY on every accepted
 //! connection, the 60 s TLS handshake timeout, the peer address in the
 //! socket digest, a last write of what is buffered when a stream is dropped,
 //! and on a graceful shutdown the accept loops stop while the connections
@@ -82,7 +83,49 @@ pub fn bind<A>(
 where
     A: ServerApp + Send + Sync + 'static,
 {
-    let socket = listen(address).with_context(|| format!("{name} listener: bind {address}"))?;
+    bind_with(
+        IN_USE_RETRY,
+        name,
+        address,
+        workers,
+        acceptor,
+        app,
+        handshakes_started,
+    )
+}
+
+/// pingora's listener waits this long for an address in use (30 tries, 1 s
+/// apart) — e.g. for the previous process on a restart to let go of it.
+const IN_USE_RETRY: (u32, Duration) = (30, Duration::from_secs(1));
+
+fn bind_with<A>(
+    (tries, step): (u32, Duration),
+    name: &'static str,
+    address: SocketAddr,
+    workers: usize,
+    acceptor: Acceptor,
+    app: A,
+    handshakes_started: prometheus::IntCounter,
+) -> Result<Vec<AcceptService<A>>>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let mut attempt = 1;
+    let socket = loop {
+        match listen(address) {
+            Ok(socket) => break socket,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse && attempt < tries => {
+                tracing::warn!(listener = name, %address, attempt, "address in use, trying again");
+                attempt += 1;
+                std::thread::sleep(step);
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("{name} listener: bind {address} (tried {attempt} times)")
+                })
+            }
+        }
+    };
     let acceptor = Arc::new(acceptor);
     let app = Arc::new(app);
     (0..workers.max(1))
@@ -580,13 +623,50 @@ mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
         let f = fixture();
-        let err = bind("agent", addr, 2, f.acceptor, Hello::default(), counter())
-            .err()
-            .expect("bind must fail");
+        let retry = (3, Duration::from_millis(10));
+        let err = bind_with(
+            retry,
+            "agent",
+            addr,
+            2,
+            f.acceptor,
+            Hello::default(),
+            counter(),
+        )
+        .err()
+        .expect("bind must fail");
+        let err = format!("{err:#}");
         assert!(
-            format!("{err:#}").contains(&format!("agent listener: bind {addr}")),
-            "{err:#}"
+            err.contains(&format!("agent listener: bind {addr} (tried 3 times)")),
+            "{err}"
         );
+        assert!(err.contains("in use"), "{err}");
+    }
+
+    /// As pingora's listener: an address the previous process is still
+    /// letting go of is waited for.
+    #[test]
+    fn an_address_freed_while_waiting_is_bound() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(taken);
+        });
+        let f = fixture();
+        let retry = (50, Duration::from_millis(20));
+        let services = bind_with(
+            retry,
+            "agent",
+            addr,
+            1,
+            f.acceptor,
+            Hello::default(),
+            counter(),
+        )
+        .expect("bound once the address was free");
+        assert_eq!(local_addr(&services[0]), addr);
+        release.join().unwrap();
     }
 
     /// Accept, handshake and serve; a failed handshake is counted; on
