@@ -55,7 +55,7 @@ async fn client_cert_required_no_client_cert_fails_the_handshake() {
     let started = "zen_proxy_tls_handshakes_started_total{listener=\"agent\"}";
     let ok = "zen_proxy_tls_handshakes_total{listener=\"agent\",result=\"ok\"}";
     // The harness's readiness probe (a bare TCP connect to the agent port) is
-    // counted when pingora gets round to accepting it: wait for that first.
+    // counted when a worker gets round to accepting it: wait for that first.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while env.metric(started).await < 1.0 {
         assert!(std::time::Instant::now() < deadline, "probe never counted");
