@@ -69,36 +69,15 @@ const WRITE_BUFFER: usize = 1460;
 /// pingora's listen backlog (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 65535;
 
-/// Binds `address` once and returns one accept service per worker, each
-/// holding its own duplicate of the socket. Binding here, before the server
-/// starts, makes an address in use a startup error with the address in it.
-pub fn bind<A>(
-    name: &'static str,
-    address: SocketAddr,
-    workers: usize,
-    acceptor: Acceptor,
-    app: A,
-    handshakes_started: prometheus::IntCounter,
-) -> Result<Vec<AcceptService<A>>>
-where
-    A: ServerApp + Send + Sync + 'static,
-{
-    bind_with(
-        IN_USE_RETRY,
-        name,
-        address,
-        workers,
-        acceptor,
-        app,
-        handshakes_started,
-    )
-}
-
 /// pingora's listener waits this long for an address in use (30 tries, 1 s
 /// apart) — e.g. for the previous process on a restart to let go of it.
-const IN_USE_RETRY: (u32, Duration) = (30, Duration::from_secs(1));
+pub const IN_USE_RETRY: (u32, Duration) = (30, Duration::from_secs(1));
 
-fn bind_with<A>(
+/// Binds `address` once and returns one accept service per worker, each
+/// holding its own duplicate of the socket. Binding here, before the server
+/// starts, makes an address still in use after `retry` (tries, pause) a
+/// startup error with the address in it.
+pub fn bind<A>(
     (tries, step): (u32, Duration),
     name: &'static str,
     address: SocketAddr,
@@ -599,18 +578,30 @@ mod tests {
         service.socket.as_ref().unwrap().local_addr().unwrap()
     }
 
+    /// The agent listener's services on `addr`, waiting `retry` for it.
+    fn agent(
+        retry: (u32, Duration),
+        addr: &str,
+        workers: usize,
+        acceptor: Acceptor,
+        started: prometheus::IntCounter,
+    ) -> Result<Vec<AcceptService<Hello>>> {
+        let addr = addr.parse().unwrap();
+        bind(
+            retry,
+            "agent",
+            addr,
+            workers,
+            acceptor,
+            Hello::default(),
+            started,
+        )
+    }
+
     #[test]
     fn one_service_per_worker_all_on_the_one_socket() {
         let f = fixture();
-        let services = bind(
-            "agent",
-            "127.0.0.1:0".parse().unwrap(),
-            3,
-            f.acceptor,
-            Hello::default(),
-            counter(),
-        )
-        .unwrap();
+        let services = agent(IN_USE_RETRY, "127.0.0.1:0", 3, f.acceptor, counter()).unwrap();
         let names: Vec<_> = services.iter().map(|s| s.name().to_string()).collect();
         assert_eq!(names, ["agent-0", "agent-1", "agent-2"]);
         assert!(services.iter().all(|s| s.threads() == Some(1)));
@@ -624,17 +615,9 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let f = fixture();
         let retry = (3, Duration::from_millis(10));
-        let err = bind_with(
-            retry,
-            "agent",
-            addr,
-            2,
-            f.acceptor,
-            Hello::default(),
-            counter(),
-        )
-        .err()
-        .expect("bind must fail");
+        let err = agent(retry, &addr.to_string(), 2, f.acceptor, counter())
+            .err()
+            .expect("bind must fail");
         let err = format!("{err:#}");
         assert!(
             err.contains(&format!("agent listener: bind {addr} (tried 3 times)")),
@@ -655,16 +638,8 @@ mod tests {
         });
         let f = fixture();
         let retry = (50, Duration::from_millis(20));
-        let services = bind_with(
-            retry,
-            "agent",
-            addr,
-            1,
-            f.acceptor,
-            Hello::default(),
-            counter(),
-        )
-        .expect("bound once the address was free");
+        let services = agent(retry, &addr.to_string(), 1, f.acceptor, counter())
+            .expect("bound once the address was free");
         assert_eq!(local_addr(&services[0]), addr);
         release.join().unwrap();
     }
@@ -675,15 +650,8 @@ mod tests {
     async fn serves_counts_handshakes_and_stops_on_shutdown() {
         let f = fixture();
         let started = counter();
-        let mut services = bind(
-            "agent",
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            f.acceptor,
-            Hello::default(),
-            started.clone(),
-        )
-        .unwrap();
+        let mut services =
+            agent(IN_USE_RETRY, "127.0.0.1:0", 1, f.acceptor, started.clone()).unwrap();
         let mut service = services.pop().unwrap();
         let addr = local_addr(&service);
         let app = service.app.clone();

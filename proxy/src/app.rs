@@ -162,6 +162,7 @@ fn proxy_service(
 ) -> Result<Vec<AcceptService<WaitForRequest<HttpProxy<ZenProxy>>>>> {
     let proxy = pingora_proxy::http_proxy(&server.configuration, zen);
     accept::bind(
+        accept::IN_USE_RETRY,
         name,
         address,
         server.configuration.threads,
