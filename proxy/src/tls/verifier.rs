@@ -108,41 +108,79 @@ impl TrustBundles {
     }
 }
 
-/// Leaf certificates (without intermediates) whose chain verified against one generation of
-/// the bundles, keyed by the SHA-256 of the leaf's DER. A full handshake then checks the CA's
-/// signature over a given SVID once, not once per connection, and the handshake callback's
-/// second look (see [`SpiffeClientVerifier::check`]) costs a hash and a lookup.
+/// Client chains (the leaf and the intermediates exactly as presented) that verified against
+/// one generation of the bundles, keyed by a SHA-256 over the chain. A full handshake then
+/// checks the CA signatures over a given chain once, not once per connection, and the handshake
+/// callback's second look (see [`SpiffeClientVerifier::check`]) costs a hash and a lookup.
+/// zen-control issues every SVID under an intermediate, so its agents present leaf +
+/// intermediate: two signature checks per look without this.
 ///
 /// Sound because the verdict is a function of the exact certificate bytes, the anchors and the
-/// time, and each of those is part of the check: the key is the leaf's hash, an entry holds only
-/// for the bundle generation it was verified against, and the leaf's validity window is checked
-/// against the clock on every hit. Chains with intermediates are not cached (their validity
-/// windows would need parsing too). The client's proof of key possession (CertificateVerify) is
-/// checked by rustls on every handshake regardless.
+/// time, and each of those is part of the check: the key covers every certificate presented
+/// (each prefixed by its length, so no two chains share an input), an entry holds only for the
+/// bundle generation it was verified against, and it holds only while the clock is inside the
+/// validity window of every certificate in the chain (webpki checks each one's window). A chain
+/// whose intermediates cannot be parsed for their windows is not remembered. The client's proof
+/// of key possession (CertificateVerify) is checked by rustls on every handshake regardless.
 #[derive(Debug, Default)]
-struct VerifiedLeaves {
-    map: Mutex<HashMap<[u8; 32], (u64, zen_trust::SvidLeaf)>>,
+struct VerifiedChains {
+    map: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
-/// Bound on [`VerifiedLeaves`]; when full it is emptied (a miss only costs a full check).
-const VERIFIED_LEAVES_MAX: usize = 8192;
+#[derive(Debug)]
+struct Verified {
+    generation: u64,
+    leaf: zen_trust::SvidLeaf,
+    /// Unix seconds: the latest `notBefore` and the earliest `notAfter` in the chain.
+    not_before: i64,
+    not_after: i64,
+}
 
-impl VerifiedLeaves {
+/// Bound on [`VerifiedChains`]; when full it is emptied (a miss only costs a full check).
+const VERIFIED_CHAINS_MAX: usize = 8192;
+
+impl VerifiedChains {
     fn get(&self, key: &[u8; 32], generation: u64, now: i64) -> Option<zen_trust::SvidLeaf> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let (g, leaf) = map.get(key)?;
-        // The same window rule as `zen_trust::check_svid_leaf`.
-        (*g == generation && leaf.not_before.0 <= now && now <= leaf.not_after.0)
-            .then(|| leaf.clone())
+        let v = map.get(key)?;
+        (v.generation == generation && v.not_before <= now && now <= v.not_after)
+            .then(|| v.leaf.clone())
     }
 
-    fn insert(&self, key: [u8; 32], generation: u64, leaf: &zen_trust::SvidLeaf) {
+    fn insert(&self, key: [u8; 32], verified: Verified) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= VERIFIED_LEAVES_MAX {
+        if map.len() >= VERIFIED_CHAINS_MAX {
             map.clear();
         }
-        map.insert(key, (generation, leaf.clone()));
+        map.insert(key, verified);
     }
+}
+
+/// The cache key of a presented chain: SHA-256 over each certificate, leaf first, each
+/// preceded by its length.
+fn chain_key(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for der in std::iter::once(end_entity).chain(intermediates) {
+        h.update((der.len() as u64).to_be_bytes());
+        h.update(der.as_ref());
+    }
+    h.finalize().into()
+}
+
+/// The span in which every certificate of the chain is valid, or `None` if an intermediate's
+/// validity cannot be read (the chain is then not remembered).
+fn chain_window(
+    leaf: &zen_trust::SvidLeaf,
+    intermediates: &[CertificateDer<'_>],
+) -> Option<(i64, i64)> {
+    let (mut from, mut until) = (leaf.not_before.0, leaf.not_after.0);
+    for der in intermediates {
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let validity = cert.validity();
+        from = from.max(validity.not_before.timestamp());
+        until = until.min(validity.not_after.timestamp());
+    }
+    Some((from, until))
 }
 
 #[derive(Debug)]
@@ -153,7 +191,7 @@ pub struct SpiffeClientVerifier {
     listener: &'static str,
     metrics: Metrics,
     provider: Arc<CryptoProvider>,
-    verified: VerifiedLeaves,
+    verified: VerifiedChains,
 }
 
 impl SpiffeClientVerifier {
@@ -172,7 +210,7 @@ impl SpiffeClientVerifier {
             listener,
             metrics,
             provider,
-            verified: VerifiedLeaves::default(),
+            verified: VerifiedChains::default(),
         }
     }
 
@@ -191,13 +229,8 @@ impl SpiffeClientVerifier {
     ) -> Result<zen_trust::SvidLeaf, (&'static str, rustls::Error)> {
         let bundles = self.bundles.load();
         let unix_now = now.as_secs() as i64;
-        let cache_key: Option<[u8; 32]> = intermediates
-            .is_empty()
-            .then(|| Sha256::digest(end_entity.as_ref()).into());
-        if let Some(hit) = cache_key
-            .as_ref()
-            .and_then(|k| self.verified.get(k, bundles.generation, unix_now))
-        {
+        let cache_key = chain_key(end_entity, intermediates);
+        if let Some(hit) = self.verified.get(&cache_key, bundles.generation, unix_now) {
             return Ok(hit);
         }
         let leaf = zen_trust::check_svid_leaf(end_entity, zen_trust::UnixTime(unix_now))
@@ -220,8 +253,16 @@ impl SpiffeClientVerifier {
             None,
         )
         .map_err(|e| ("chain_invalid", webpki_to_rustls(e)))?;
-        if let Some(key) = cache_key {
-            self.verified.insert(key, bundles.generation, &leaf);
+        if let Some((not_before, not_after)) = chain_window(&leaf, intermediates) {
+            self.verified.insert(
+                cache_key,
+                Verified {
+                    generation: bundles.generation,
+                    leaf: leaf.clone(),
+                    not_before,
+                    not_after,
+                },
+            );
         }
         Ok(leaf)
     }
@@ -422,15 +463,85 @@ mod tests {
         );
     }
 
+    /// An intermediate under `root` named `name`, valid from 2020 until `until_year`.
+    fn intermediate(
+        root: &CertifiedIssuer<'static, KeyPair>,
+        name: &str,
+        until_year: i32,
+    ) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, name.to_string());
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(until_year, 1, 1);
+        CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), root).unwrap()
+    }
+
+    const BEFORE_2030: i64 = 1_890_000_000; // 2029-11
+    const AFTER_2030: i64 = 1_900_000_000; // 2030-03
+
     #[test]
-    fn chains_with_intermediates_are_not_remembered() {
-        let a = ca();
-        let cert = leaf(&a);
-        let (v, _) = verifier(bundle(&a));
-        // The CA itself as an (unneeded) intermediate: the chain still verifies.
-        let extra = a.der().clone();
-        assert!(v.check(&cert, &[extra], at(NOW)).is_ok());
-        assert!(v.verified.map.lock().unwrap().is_empty());
+    fn a_chain_with_an_intermediate_is_remembered_while_every_certificate_is_valid() {
+        let root = ca();
+        // The intermediate expires in 2030, long before the leaf (2100).
+        let inter = intermediate(&root, "zen intermediate", 2030);
+        let cert = leaf(&inter);
+        let chain = [inter.der().clone()];
+        let (v, _) = verifier(bundle(&root));
+        assert!(v.check(&cert, &chain, at(NOW)).is_ok());
+        assert_eq!(v.verified.map.lock().unwrap().len(), 1, "remembered");
+        assert!(v.check(&cert, &chain, at(BEFORE_2030)).is_ok(), "hit");
+        assert_eq!(v.verified.map.lock().unwrap().len(), 1, "no second entry");
+
+        // The leaf is still valid, the intermediate is not: the remembered verdict must not apply.
+        assert_eq!(
+            v.check(&cert, &chain, at(AFTER_2030)).unwrap_err().0,
+            "chain_invalid"
+        );
+    }
+
+    #[test]
+    fn a_remembered_leaf_with_another_intermediate_is_checked_afresh() {
+        let root = ca();
+        let inter = intermediate(&root, "zen intermediate", 2100);
+        let cert = leaf(&inter);
+        let (v, _) = verifier(bundle(&root));
+        assert!(v.check(&cert, &[inter.der().clone()], at(NOW)).is_ok());
+
+        // Same leaf bytes, same issuer name, but an intermediate with another key that the
+        // root never signed for this leaf's issuer: the key covers the intermediates, so this
+        // is verified, and refused, on its own.
+        let impostor = intermediate(&ca(), "zen intermediate", 2100);
+        assert_eq!(
+            v.check(&cert, &[impostor.der().clone()], at(NOW))
+                .unwrap_err()
+                .0,
+            "chain_invalid"
+        );
+        // And without the intermediate the leaf has no path to the root.
+        assert_eq!(v.check(&cert, &[], at(NOW)).unwrap_err().0, "chain_invalid");
+        assert_eq!(
+            v.verified.map.lock().unwrap().len(),
+            1,
+            "only the good chain"
+        );
+    }
+
+    #[test]
+    fn chain_keys_separate_certificates() {
+        let (a, b) = (
+            CertificateDer::from(vec![1u8, 2, 3]),
+            CertificateDer::from(vec![4u8]),
+        );
+        let joined = CertificateDer::from(vec![1u8, 2, 3, 4]);
+        assert_ne!(chain_key(&a, &[b.clone()]), chain_key(&joined, &[]));
+        assert_ne!(chain_key(&a, &[b.clone()]), chain_key(&b, &[a.clone()]));
+        assert_eq!(chain_key(&a, &[b.clone()]), chain_key(&a, &[b]));
     }
 
     #[test]
@@ -438,13 +549,19 @@ mod tests {
         let a = ca();
         let (v, _) = verifier(bundle(&a));
         let sample = zen_trust::check_svid_leaf(&leaf(&a), zen_trust::UnixTime(NOW)).unwrap();
-        for i in 0..VERIFIED_LEAVES_MAX {
+        let entry = || Verified {
+            generation: 1,
+            leaf: sample.clone(),
+            not_before: sample.not_before.0,
+            not_after: sample.not_after.0,
+        };
+        for i in 0..VERIFIED_CHAINS_MAX {
             let mut key = [0u8; 32];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            v.verified.insert(key, 1, &sample);
+            v.verified.insert(key, entry());
         }
-        assert_eq!(v.verified.map.lock().unwrap().len(), VERIFIED_LEAVES_MAX);
-        v.verified.insert([9u8; 32], 1, &sample);
+        assert_eq!(v.verified.map.lock().unwrap().len(), VERIFIED_CHAINS_MAX);
+        v.verified.insert([9u8; 32], entry());
         assert_eq!(v.verified.map.lock().unwrap().len(), 1, "emptied when full");
     }
 }
