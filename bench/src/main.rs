@@ -53,6 +53,11 @@ enum Cmd {
         /// Validity of certificates and keys.
         #[arg(long, default_value_t = 30)]
         days: i64,
+        /// Sign agent SVIDs with an intermediate CA under the root and send
+        /// leaf + intermediate, as zen-control issues them (the bundle stays
+        /// the root): every handshake then carries a two-certificate chain.
+        #[arg(long)]
+        intermediate: bool,
     },
     /// Write a zen-proxy config serving the bench route with the files of
     /// `identities`.
@@ -263,6 +268,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             trust_domain,
             cluster,
             days,
+            intermediate,
         } => {
             let made = generate::generate(&IdentitySpec {
                 out: out.clone(),
@@ -270,6 +276,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 trust_domain,
                 cluster,
                 valid_days: days,
+                intermediate,
             })?;
             println!(
                 "wrote CA, proxy {} and {} agent(s) ({} … ) under {}",

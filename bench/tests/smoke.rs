@@ -158,7 +158,15 @@ fn bench_drives_the_real_proxy() {
     let ids_s = ids.to_str().unwrap();
 
     let out = Command::new(BENCH)
-        .args(["identities", "--out", ids_s, "--agents", "2"])
+        // Leaf + intermediate, as zen-control issues SVIDs.
+        .args([
+            "identities",
+            "--out",
+            ids_s,
+            "--agents",
+            "2",
+            "--intermediate",
+        ])
         .output()
         .unwrap();
     assert!(

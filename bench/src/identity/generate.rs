@@ -2,6 +2,10 @@
 //! the proxy's serving SVID, N agent SVIDs with their HMAC keys, and the
 //! proxy's trust bundle and key set that accept exactly those agents.
 //!
+//! With `intermediate`, agent SVIDs are signed by an intermediate CA under
+//! the root and each `svid.pem` holds the leaf then the intermediate, as
+//! zen-control issues them; bundles hold the root only either way.
+//!
 //! Layout under `--out DIR`:
 //! - `ca/ca.crt`, `ca/ca.key` (0600) — kept so `swap` can re-issue the proxy cert;
 //! - `proxy/tls.crt`, `proxy/tls.key` (0600), `proxy/bundle.pem`, `proxy/keyset.json`;
@@ -40,6 +44,8 @@ pub struct IdentitySpec {
     pub trust_domain: String,
     pub cluster: String,
     pub valid_days: i64,
+    /// Sign agent SVIDs with an intermediate under the root (see the module doc).
+    pub intermediate: bool,
 }
 
 /// What was written, for the command's summary line.
@@ -74,6 +80,15 @@ pub fn generate(spec: &IdentitySpec) -> Result<Generated> {
     write_proxy_cert(&proxy_dir, &ca, &proxy_id, not_before, not_after)?;
     write(&proxy_dir.join(PROXY_BUNDLE), ca_pem.as_bytes(), 0o644)?;
 
+    let intermediate = spec
+        .intermediate
+        .then(|| make_intermediate(td.as_str(), &ca, not_before, not_after))
+        .transpose()?;
+    let (agent_issuer, chain_tail) = match &intermediate {
+        Some(i) => (i, i.pem()),
+        None => (&ca, String::new()),
+    };
+
     let key_not_before = UnixTime::from_secs(not_before.unix_timestamp());
     let key_not_after = UnixTime::from_secs(not_after.unix_timestamp());
     let mut keys = Vec::with_capacity(spec.agents);
@@ -89,12 +104,15 @@ pub fn generate(spec: &IdentitySpec) -> Result<Generated> {
         mkdir(&dir)?;
         let leaf = leaf_params(&id, &name, not_before, not_after, false)?;
         let key = KeyPair::generate().context("generating an agent key")?;
-        let cert = leaf.signed_by(&key, &ca).context("signing an agent SVID")?;
-        write(
-            &dir.join(agent_files::SVID_CHAIN),
-            cert.pem().as_bytes(),
-            0o644,
-        )?;
+        let cert = leaf
+            .signed_by(&key, agent_issuer)
+            .context("signing an agent SVID")?;
+        let mut chain = cert.pem();
+        if !chain.ends_with('\n') {
+            chain.push('\n');
+        }
+        chain.push_str(&chain_tail);
+        write(&dir.join(agent_files::SVID_CHAIN), chain.as_bytes(), 0o644)?;
         write(
             &dir.join(agent_files::SVID_KEY),
             key.serialize_pem().as_bytes(),
@@ -208,6 +226,35 @@ fn make_ca(
     CertifiedIssuer::self_signed(p, key).context("self-signing the CA")
 }
 
+/// A signing CA under `root`, as zen-control's intermediate: a CA with the
+/// trust domain's SPIFFE ID, allowed to sign leaves only (path length 0).
+fn make_intermediate(
+    td: &str,
+    root: &CertifiedIssuer<'static, KeyPair>,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(DnType::CommonName, format!("zen-bench intermediate {td}"));
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{td}")
+            .try_into()
+            .context("trust domain URI")?,
+    )];
+    p.not_before = not_before;
+    p.not_after = not_after;
+    p.serial_number = Some(random_serial());
+    let key = KeyPair::generate().context("generating the intermediate key")?;
+    CertifiedIssuer::signed_by(p, key, root).context("signing the intermediate")
+}
+
 /// An X.509-SVID leaf (DESIGN §4): one URI SAN, not a CA, digitalSignature.
 /// The proxy's serving leaf also carries DNS `localhost` and IP 127.0.0.1
 /// so ordinary TLS clients (and the peers in `compare`) verify it.
@@ -278,6 +325,15 @@ mod tests {
 
     #[test]
     fn writes_agent_dirs_the_proxy_accepts() {
+        writes_agent_dirs(false);
+    }
+
+    #[test]
+    fn with_an_intermediate_agents_present_leaf_then_intermediate() {
+        writes_agent_dirs(true);
+    }
+
+    fn writes_agent_dirs(intermediate: bool) {
         let dir = tempfile::tempdir().unwrap();
         let spec = IdentitySpec {
             out: dir.path().to_owned(),
@@ -285,6 +341,7 @@ mod tests {
             trust_domain: "zen.local".into(),
             cluster: "c1".into(),
             valid_days: 2,
+            intermediate,
         };
         let made = generate(&spec).unwrap();
         assert_eq!(made.agent_ids.len(), 3);
@@ -304,6 +361,8 @@ mod tests {
             let files = zen_agent::files::AgentFiles::load(&agent_dir).unwrap();
             let leaf = zen_trust::svid::check_svid_leaf(&files.svid_chain[0], now).unwrap();
             assert_eq!(&leaf.spiffe_id, id);
+            assert_chain_to_root(&files.svid_chain, &dir.path().join("proxy/bundle.pem"));
+            assert_eq!(files.svid_chain.len(), if intermediate { 2 } else { 1 });
             // The key the agent signs with is owned by the agent's own SPIFFE ID.
             let key = set.get(&files.hmac.key_id).unwrap();
             assert_eq!(key.owner(), id);
@@ -330,5 +389,25 @@ mod tests {
         let chain = zen_trust::svid::pem_to_der_chain(&pem).unwrap();
         let again = zen_trust::svid::check_svid_leaf(&chain[0], now).unwrap();
         assert_ne!(again.serial_hex, before);
+    }
+
+    /// Each certificate of `chain` is signed by the next, the last by the one
+    /// root in `bundle`, and everything above the leaf is a CA.
+    fn assert_chain_to_root(chain: &[rustls_pki_types::CertificateDer<'static>], bundle: &Path) {
+        let bundle = zen_trust::svid::pem_to_der_chain(&std::fs::read(bundle).unwrap()).unwrap();
+        assert_eq!(bundle.len(), 1, "bundles hold the root only");
+        fn parse(der: &[u8]) -> x509_parser::certificate::X509Certificate<'_> {
+            x509_parser::parse_x509_certificate(der).unwrap().1
+        }
+        let mut certs: Vec<_> = chain.iter().map(|c| parse(c.as_ref())).collect();
+        certs.push(parse(bundle[0].as_ref()));
+        for pair in certs.windows(2) {
+            let (child, issuer) = (&pair[0], &pair[1]);
+            assert!(issuer.is_ca());
+            assert_eq!(child.issuer(), issuer.subject());
+            child
+                .verify_signature(Some(issuer.public_key()))
+                .expect("signed by the next certificate");
+        }
     }
 }
