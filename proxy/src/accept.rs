@@ -69,6 +69,18 @@ const WRITE_BUFFER: usize = 1460;
 /// pingora's listen backlog (the kernel caps it at `net.core.somaxconn`).
 const BACKLOG: i32 = 65535;
 
+/// How long an accept loop out of file descriptors waits before trying again.
+const OUT_OF_FDS_PAUSE: Duration = Duration::from_secs(1);
+
+/// Waits `pause`, or less if a graceful shutdown begins meanwhile; says whether it did.
+async fn shutdown_during(shutdown: &mut ShutdownWatch, pause: Duration) -> bool {
+    tokio::select! {
+        biased;
+        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow_and_update(),
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
 /// pingora's listener waits this long for an address in use (30 tries, 1 s
 /// apart) — e.g. for the previous process on a restart to let go of it.
 pub const IN_USE_RETRY: (u32, Duration) = (30, Duration::from_secs(1));
@@ -202,8 +214,10 @@ where
                     tracing::warn!(service = %self.name, %err, "accept() failed");
                     // Out of file descriptors: accept() would fail at once
                     // again; give connections in flight time to end.
-                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+                        && shutdown_during(&mut shutdown, OUT_OF_FDS_PAUSE).await
+                    {
+                        break;
                     }
                 }
             }
@@ -809,6 +823,31 @@ mod tests {
 
     /// An idle connection's task is this future; the handshake's state
     /// (8.8 KiB when it was inline) must stay boxed and freed.
+    #[tokio::test]
+    async fn a_pause_for_file_descriptors_ends_with_a_shutdown() {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        // No shutdown: the whole pause, then "go on".
+        let started = std::time::Instant::now();
+        assert!(!shutdown_during(&mut rx, Duration::from_millis(50)).await);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // A shutdown during a long pause ends it at once.
+        let signal = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(true).unwrap();
+            tx
+        });
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            shutdown_during(&mut rx, Duration::from_secs(3600)),
+        )
+        .await
+        .expect("the shutdown ends the pause");
+        assert!(ended, "reported as a shutdown");
+        // The sender gone (the server ended) counts as a shutdown too.
+        drop(signal.await.unwrap());
+        assert!(shutdown_during(&mut rx, Duration::from_secs(3600)).await);
+    }
+
     #[tokio::test]
     async fn the_connection_task_does_not_carry_the_handshake() {
         let f = fixture();
