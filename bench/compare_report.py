@@ -81,6 +81,14 @@ w("**zen-proxy runs its full check chain** (mTLS client-cert verification + SPIF
   "All three forward to the same upstream (one nginx worker answering `200 ok`) over "
   "keep-alive connections.")
 w("")
+with open(os.path.join(work, "commands.txt")) as f:
+    chained = "--intermediate" in f.readline()
+w("Client certificates: " + (
+    "each agent presents its SVID and the intermediate CA that signed it, as zen-control issues "
+    "them; every target verifies both signatures up to the root it trusts (`INTERMEDIATE=1`, the "
+    "default since stop 14)." if chained else
+    "agent SVIDs are signed by the root directly (`INTERMEDIATE=0`; stop 13 and earlier)."))
+w("")
 w("## Machine and versions")
 w("")
 w(f"- CPU: {cpu_model}, {os.cpu_count()} cores; memory {mem}; kernel {platform.release()}")
