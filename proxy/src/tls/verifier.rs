@@ -539,9 +539,10 @@ mod tests {
             CertificateDer::from(vec![4u8]),
         );
         let joined = CertificateDer::from(vec![1u8, 2, 3, 4]);
-        assert_ne!(chain_key(&a, &[b.clone()]), chain_key(&joined, &[]));
-        assert_ne!(chain_key(&a, &[b.clone()]), chain_key(&b, &[a.clone()]));
-        assert_eq!(chain_key(&a, &[b.clone()]), chain_key(&a, &[b]));
+        let a_then_b = chain_key(&a, std::slice::from_ref(&b));
+        assert_ne!(a_then_b, chain_key(&joined, &[]));
+        assert_ne!(a_then_b, chain_key(&b, std::slice::from_ref(&a)));
+        assert_eq!(a_then_b, chain_key(&a, &[b]));
     }
 
     #[test]
