@@ -205,23 +205,13 @@ fn make_ca(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertifiedIssuer<'static, KeyPair>> {
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.distinguished_name
-        .push(DnType::CommonName, format!("zen-bench CA {td}"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://{td}")
-            .try_into()
-            .context("trust domain URI")?,
-    )];
-    p.not_before = not_before;
-    p.not_after = not_after;
-    p.serial_number = Some(random_serial());
+    let p = ca_params(
+        td,
+        "CA",
+        BasicConstraints::Unconstrained,
+        not_before,
+        not_after,
+    )?;
     let key = KeyPair::generate().context("generating the CA key")?;
     CertifiedIssuer::self_signed(p, key).context("self-signing the CA")
 }
@@ -234,10 +224,29 @@ fn make_intermediate(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let p = ca_params(
+        td,
+        "intermediate",
+        BasicConstraints::Constrained(0),
+        not_before,
+        not_after,
+    )?;
+    let key = KeyPair::generate().context("generating the intermediate key")?;
+    CertifiedIssuer::signed_by(p, key, root).context("signing the intermediate")
+}
+
+/// A CA certificate of the trust domain `td`, named "zen-bench `what` `td`".
+fn ca_params(
+    td: &str,
+    what: &str,
+    constraints: BasicConstraints,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name
-        .push(DnType::CommonName, format!("zen-bench intermediate {td}"));
-    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        .push(DnType::CommonName, format!("zen-bench {what} {td}"));
+    p.is_ca = IsCa::Ca(constraints);
     p.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -251,8 +260,7 @@ fn make_intermediate(
     p.not_before = not_before;
     p.not_after = not_after;
     p.serial_number = Some(random_serial());
-    let key = KeyPair::generate().context("generating the intermediate key")?;
-    CertifiedIssuer::signed_by(p, key, root).context("signing the intermediate")
+    Ok(p)
 }
 
 /// An X.509-SVID leaf (DESIGN §4): one URI SAN, not a CA, digitalSignature.
