@@ -821,8 +821,6 @@ mod tests {
         assert!(server.read_ahead.is_none());
     }
 
-    /// An idle connection's task is this future; the handshake's state
-    /// (8.8 KiB when it was inline) must stay boxed and freed.
     #[tokio::test]
     async fn a_pause_for_file_descriptors_ends_with_a_shutdown() {
         let (tx, mut rx) = tokio::sync::watch::channel(false);
@@ -848,6 +846,8 @@ mod tests {
         assert!(shutdown_during(&mut rx, Duration::from_secs(3600)).await);
     }
 
+    /// An idle connection's task is this future; the handshake's state
+    /// (8.8 KiB when it was inline) must stay boxed and freed.
     #[tokio::test]
     async fn the_connection_task_does_not_carry_the_handshake() {
         let f = fixture();
