@@ -72,12 +72,22 @@ const BACKLOG: i32 = 65535;
 /// How long an accept loop out of file descriptors waits before trying again.
 const OUT_OF_FDS_PAUSE: Duration = Duration::from_secs(1);
 
+/// Returns once a graceful shutdown has begun (or the server that would
+/// signal it is gone). Cancel-safe: `changed()` is.
+async fn shutdown_begins(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Waits `pause`, or less if a graceful shutdown begins meanwhile; says whether it did.
 async fn shutdown_during(shutdown: &mut ShutdownWatch, pause: Duration) -> bool {
     tokio::select! {
         biased;
-        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow_and_update(),
-        _ = tokio::time::sleep(pause) => false,
+        () = shutdown_begins(shutdown) => true,
+        () = tokio::time::sleep(pause) => false,
     }
 }
 
@@ -189,12 +199,7 @@ where
         loop {
             let accepted = tokio::select! {
                 biased;
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow_and_update() {
-                        break;
-                    }
-                    continue;
-                }
+                () = shutdown_begins(&mut shutdown) => break,
                 accepted = listener.accept() => accepted,
             };
             match accepted {
