@@ -1,7 +1,7 @@
 //! The proxy's request decision (`decision::decide`: route → SPIFFE rule → body → signature →
 //! replay → key owner → revocation) on a real `State`: the routes, signature policy and replay
-//! capacity of config/dev/proxy.yaml, a 1,000-key key set, and the peer identity the handshake
-//! callback builds from a CA-signed client SVID.
+//! capacity of config/dev/proxy.yaml, a 1,000-key key set, and the peer identity the identity
+//! check at handshake completion builds from a CA-signed client SVID.
 //!
 //! cargo bench -p zen-proxy --bench decision -- --warm-up-time 1 --measurement-time 3
 //!
@@ -147,7 +147,7 @@ impl Bench {
             require_nonce: cfg.signature.require_nonce,
         };
 
-        // The peer identity exactly as the handshake callback derives it: the agent listener's
+        // The peer identity exactly as the handshake's identity check derives it: the agent listener's
         // verifier checks the client SVID against the bundle, then the XFCC and SPIFFE header
         // values are built once.
         let (peer_cert, _) = leaf(&ca, PEER, 0x0123_4567_89ab_cdef);

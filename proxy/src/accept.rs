@@ -38,12 +38,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -57,6 +56,9 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::stream::TlsConn;
+use crate::tls::Termination;
 
 /// pingora's listener allows a new connection this long to finish its TLS
 /// handshake.
@@ -104,7 +106,7 @@ pub fn bind<A>(
     name: &'static str,
     address: SocketAddr,
     workers: usize,
-    acceptor: Acceptor,
+    tls: Termination,
     app: A,
     handshakes_started: prometheus::IntCounter,
 ) -> Result<Vec<AcceptService<A>>>
@@ -127,7 +129,7 @@ where
             }
         }
     };
-    let acceptor = Arc::new(acceptor);
+    let tls = Arc::new(tls);
     let app = Arc::new(app);
     (0..workers.max(1))
         .map(|worker| {
@@ -137,7 +139,7 @@ where
             Ok(AcceptService {
                 name: format!("{name}-{worker}"),
                 socket: Some(socket),
-                acceptor: acceptor.clone(),
+                tls: tls.clone(),
                 app: app.clone(),
                 handshakes_started: handshakes_started.clone(),
             })
@@ -162,10 +164,10 @@ pub struct AcceptService<A> {
     name: String,
     /// Taken when the service starts.
     socket: Option<std::net::TcpListener>,
-    acceptor: Arc<Acceptor>,
+    tls: Arc<Termination>,
     app: Arc<A>,
     /// Every TCP connection that begins a TLS handshake. Each one ends in
-    /// exactly one of: a verdict the verifier or the handshake callback counts
+    /// exactly one of: a verdict the verifier or the identity check counts
     /// in `zen_proxy_tls_handshakes_total`, or a failure rustls ends without
     /// asking us (no certificate where one is required, a protocol error, a
     /// client that hangs up). `started − Σ handshakes_total` is therefore the
@@ -210,7 +212,7 @@ where
                     tokio::spawn(serve(
                         tcp,
                         peer,
-                        self.acceptor.clone(),
+                        self.tls.clone(),
                         self.app.clone(),
                         shutdown.clone(),
                     ));
@@ -244,12 +246,12 @@ where
     }
 }
 
-/// One connection: TLS handshake, then requests until the application
-/// returns no stream to reuse.
+/// One connection: TLS handshake, its identity, then requests until the
+/// application returns no stream to reuse.
 async fn serve<A: ServerApp + Send + Sync + 'static>(
     tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: Arc<Acceptor>,
+    tls: Arc<Termination>,
     app: Arc<A>,
     shutdown: ShutdownWatch,
 ) {
@@ -264,12 +266,15 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
     // Boxed, and so freed when it completes: the handshake's state is most of
     // this task's size (8.8 KiB inline), which an idle connection would
     // otherwise carry for its whole life.
+    let started = Instant::now();
     let handshake = Box::pin(tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        acceptor.tls_handshake(conn),
+        tls.acceptor.accept(conn),
     ));
-    let tls = match handshake.await {
-        Ok(Ok(tls)) => tls,
+    let mut stream = match handshake.await {
+        // Within the match arm, so that the stream by value (1.3 KiB) is not
+        // part of this task's state while it waits for requests.
+        Ok(Ok(done)) => established(done, &tls, started),
         // Counted (handshakes_started and the verifier's verdicts); a
         // scanner would otherwise fill the log.
         Ok(Err(err)) => {
@@ -281,13 +286,24 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
             return;
         }
     };
-    let mut stream: Stream = Box::new(tls);
     loop {
         match app.process_new(stream, &shutdown).await {
             Some(reuse) => stream = reuse,
             None => return,
         }
     }
+}
+
+/// A completed handshake as pingora's HTTP code takes it, with the
+/// connection's identity decided once, here; every request on the
+/// connection reads it.
+fn established(
+    done: tokio_rustls::server::TlsStream<Buffered>,
+    tls: &Termination,
+    started: Instant,
+) -> Stream {
+    let identity = tls.identifier.identify(done.get_ref().1);
+    Box::new(TlsConn::new(done, identity, started))
 }
 
 /// The accepted TCP stream under rustls: a write buffer, and a read-ahead
@@ -558,8 +574,7 @@ mod tests {
     }
 
     struct Fixture {
-        _dir: tempfile::TempDir,
-        acceptor: Acceptor,
+        tls: Termination,
         roots: rustls::RootCertStore,
     }
 
@@ -570,21 +585,39 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let cert_path = dir.path().join("tls.crt");
-        let key_path = dir.path().join("tls.key");
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        let settings = pingora_core::listeners::tls::TlsSettings::intermediate(
-            cert_path.to_str().unwrap(),
-            key_path.to_str().unwrap(),
-        )
-        .unwrap();
+        let provider = crate::tls::install_crypto_provider();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let metrics = crate::metrics::Metrics::new();
+        // Never consulted: these clients send no certificate.
+        let verifier = crate::tls::SpiffeClientVerifier::new(
+            Default::default(),
+            false,
+            false,
+            "agent",
+            metrics.clone(),
+            provider,
+        );
         let mut roots = rustls::RootCertStore::empty();
         roots.add(cert.der().clone()).unwrap();
         Fixture {
-            _dir: dir,
-            acceptor: settings.build(),
+            tls: Termination {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                identifier: crate::tls::Identifier {
+                    listener: "agent",
+                    allow_tls12: false,
+                    metrics,
+                    verifier: Arc::new(verifier),
+                },
+            },
             roots,
         }
     }
@@ -602,7 +635,7 @@ mod tests {
         retry: (u32, Duration),
         addr: &str,
         workers: usize,
-        acceptor: Acceptor,
+        tls: Termination,
         started: prometheus::IntCounter,
     ) -> Result<Vec<AcceptService<Hello>>> {
         let addr = addr.parse().unwrap();
@@ -611,7 +644,7 @@ mod tests {
             "agent",
             addr,
             workers,
-            acceptor,
+            tls,
             Hello::default(),
             started,
         )
@@ -620,7 +653,7 @@ mod tests {
     #[test]
     fn one_service_per_worker_all_on_the_one_socket() {
         let f = fixture();
-        let services = agent(IN_USE_RETRY, "127.0.0.1:0", 3, f.acceptor, counter()).unwrap();
+        let services = agent(IN_USE_RETRY, "127.0.0.1:0", 3, f.tls, counter()).unwrap();
         let names: Vec<_> = services.iter().map(|s| s.name().to_string()).collect();
         assert_eq!(names, ["agent-0", "agent-1", "agent-2"]);
         assert!(services.iter().all(|s| s.threads() == Some(1)));
@@ -634,7 +667,7 @@ mod tests {
         let addr = taken.local_addr().unwrap();
         let f = fixture();
         let retry = (3, Duration::from_millis(10));
-        let err = agent(retry, &addr.to_string(), 2, f.acceptor, counter())
+        let err = agent(retry, &addr.to_string(), 2, f.tls, counter())
             .err()
             .expect("bind must fail");
         let err = format!("{err:#}");
@@ -657,7 +690,7 @@ mod tests {
         });
         let f = fixture();
         let retry = (50, Duration::from_millis(20));
-        let services = agent(retry, &addr.to_string(), 1, f.acceptor, counter())
+        let services = agent(retry, &addr.to_string(), 1, f.tls, counter())
             .expect("bound once the address was free");
         assert_eq!(local_addr(&services[0]), addr);
         release.join().unwrap();
@@ -669,8 +702,7 @@ mod tests {
     async fn serves_counts_handshakes_and_stops_on_shutdown() {
         let f = fixture();
         let started = counter();
-        let mut services =
-            agent(IN_USE_RETRY, "127.0.0.1:0", 1, f.acceptor, started.clone()).unwrap();
+        let mut services = agent(IN_USE_RETRY, "127.0.0.1:0", 1, f.tls, started.clone()).unwrap();
         let mut service = services.pop().unwrap();
         let addr = local_addr(&service);
         let app = service.app.clone();
@@ -865,7 +897,7 @@ mod tests {
         let task = serve(
             tcp,
             peer,
-            Arc::new(f.acceptor),
+            Arc::new(f.tls),
             Arc::new(Hello::default()),
             watch,
         );

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_core::services::background::background_service;
@@ -23,7 +22,7 @@ use crate::reload::{ControlSource, FileSource, SourceService};
 use crate::service::ZenProxy;
 use crate::state::{Initial, State};
 use crate::svid_source::{self, SvidSource};
-use crate::tls::{self, HandshakeCallback, ServingCertResolver, SpiffeClientVerifier};
+use crate::tls::{self, Identifier, ServingCertResolver, SpiffeClientVerifier, Termination};
 
 pub fn run(cfg: Config) -> Result<()> {
     let provider = tls::install_crypto_provider();
@@ -60,7 +59,7 @@ pub fn run(cfg: Config) -> Result<()> {
     };
 
     // Agent listener: client certificate mandatory.
-    let agent_tls = tls_settings(&state, &provider, "agent", true, cfg.agent.allow_tls12)?;
+    let agent_tls = termination(&state, &provider, "agent", true, cfg.agent.allow_tls12)?;
     let agent = ZenProxy {
         listener: Listener::Agent,
         identity_required: true,
@@ -80,7 +79,7 @@ pub fn run(cfg: Config) -> Result<()> {
     }
 
     if let Some(b) = &cfg.bootstrap {
-        let tls = tls_settings(
+        let tls = termination(
             &state,
             &provider,
             "bootstrap",
@@ -157,7 +156,7 @@ fn proxy_service(
     name: &'static str,
     zen: ZenProxy,
     address: SocketAddr,
-    tls: TlsSettings,
+    tls: Termination,
     metrics: &Metrics,
 ) -> Result<Vec<AcceptService<WaitForRequest<HttpProxy<ZenProxy>>>>> {
     let proxy = pingora_proxy::http_proxy(&server.configuration, zen);
@@ -166,19 +165,19 @@ fn proxy_service(
         name,
         address,
         server.configuration.threads,
-        tls.build(),
+        tls,
         WaitForRequest::new(proxy),
         metrics.tls_handshakes_started.with_label_values(&[name]),
     )
 }
 
-fn tls_settings(
+fn termination(
     state: &Arc<State>,
     provider: &Arc<rustls::crypto::CryptoProvider>,
     listener: &'static str,
     mandatory: bool,
     allow_tls12: bool,
-) -> Result<TlsSettings> {
+) -> Result<Termination> {
     let metrics = state.metrics.clone();
     let verifier = Arc::new(SpiffeClientVerifier::new(
         state.bundles.clone(),
@@ -188,20 +187,21 @@ fn tls_settings(
         metrics.clone(),
         provider.clone(),
     ));
-    let mut tls = TlsSettings::with_callbacks(Box::new(HandshakeCallback {
-        listener,
-        allow_tls12,
-        metrics: metrics.clone(),
-        verifier: verifier.clone(),
-    }))
-    .context("TLS settings")?;
-    tls.set_cert_resolver(Arc::new(ServingCertResolver::new(
+    let resolver = Arc::new(ServingCertResolver::new(
         state.serving.clone(),
         allow_tls12,
         listener,
-        metrics,
-    )));
-    tls.set_client_cert_verifier(verifier);
-    tls.enable_h2();
-    Ok(tls)
+        metrics.clone(),
+    ));
+    let config = tls::server_config(provider, verifier.clone(), resolver)
+        .with_context(|| format!("{listener} listener"))?;
+    Ok(Termination {
+        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        identifier: Identifier {
+            listener,
+            allow_tls12,
+            metrics,
+            verifier,
+        },
+    })
 }

@@ -81,8 +81,8 @@ pub async fn decide(
     let peer: Option<&PeerIdentity> = match conn {
         Some(ConnIdentity::Peer(p)) => Some(p),
         Some(ConnIdentity::Refused(r)) => return Err(r.clone()),
-        // No extension at all on a TLS listener means the callback did not run:
-        // treat it like a missing certificate (fail closed).
+        // No identity carried with the connection (tls/stream.rs) means none
+        // was decided: treat it like a missing certificate (fail closed).
         Some(ConnIdentity::Anonymous) | None => None,
     };
     if peer.is_none() && req.identity_required {

@@ -19,7 +19,7 @@ use crate::forward::Upstreams;
 use crate::policy::Listener;
 use crate::refusal::Refusal;
 use crate::state::State;
-use crate::tls::identity::ConnIdentity;
+use crate::tls::{self, identity::ConnIdentity};
 
 pub struct ZenProxy {
     pub listener: Listener,
@@ -101,12 +101,10 @@ impl ProxyHttp for ZenProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        // The identity was computed at handshake completion; hold the digest
-        // Arc so it can be borrowed while the session reads the body.
-        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
-        let conn = ssl
-            .as_deref()
-            .and_then(|d| d.extension.get::<ConnIdentity>());
+        // The identity was computed at handshake completion (tls/stream.rs);
+        // hold its Arc so it can be borrowed while the session reads the body.
+        let carried = tls::stream::identity_digest(session.digest());
+        let conn = carried.as_deref().and_then(tls::stream::identity);
         let head = session.req_header().clone();
         let authority = head
             .headers

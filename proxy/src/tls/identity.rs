@@ -1,14 +1,11 @@
 //! The peer identity, computed once per connection when the handshake
-//! completes and stored in pingora's `SslDigest` extension; requests only
-//! read it.
+//! completes and carried with the connection's stream (tls/stream.rs);
+//! requests only read it.
 
-use std::any::Any;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use http::HeaderValue;
-use pingora_core::listeners::TlsAccept;
-use pingora_core::protocols::tls::TlsRef;
+use rustls::{ProtocolVersion, ServerConnection};
 use zen_trust::SpiffeId;
 
 use rustls_pki_types::UnixTime;
@@ -38,7 +35,10 @@ pub enum ConnIdentity {
     Refused(Refusal),
 }
 
-pub struct HandshakeCallback {
+/// A listener's check of each completed handshake: it decides the
+/// connection's [`ConnIdentity`] and counts the verdict in
+/// `zen_proxy_tls_handshakes_total`.
+pub struct Identifier {
     pub listener: &'static str,
     pub allow_tls12: bool,
     pub metrics: Metrics,
@@ -47,15 +47,32 @@ pub struct HandshakeCallback {
     pub verifier: Arc<SpiffeClientVerifier>,
 }
 
-impl HandshakeCallback {
-    fn identify(&self, tls: &TlsRef) -> ConnIdentity {
-        // rustls names it "TLSv1_3"; pingora's docs say "TLSv1.3". Accept both.
-        let tls13 = matches!(tls.version(), Some("TLSv1_3" | "TLSv1.3"));
-        if !self.allow_tls12 && !tls13 {
+impl Identifier {
+    /// The identity of a connection whose handshake has just completed,
+    /// counted once by its verdict.
+    pub fn identify(&self, conn: &ServerConnection) -> ConnIdentity {
+        let id = self.decide(conn.protocol_version(), conn.peer_certificates());
+        let result = match &id {
+            ConnIdentity::Peer(_) => "ok",
+            ConnIdentity::Anonymous => "ok_anonymous",
+            ConnIdentity::Refused(r) => r.code(),
+        };
+        self.metrics
+            .tls_handshakes
+            .with_label_values(&[self.listener, result])
+            .inc();
+        id
+    }
+
+    fn decide(
+        &self,
+        version: Option<ProtocolVersion>,
+        chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+    ) -> ConnIdentity {
+        if !self.allow_tls12 && version != Some(ProtocolVersion::TLSv1_3) {
             return ConnIdentity::Refused(Refusal::TlsVersion);
         }
-        let Some((leaf, intermediates)) = tls.peer_cert_chain_der().and_then(|c| c.split_first())
-        else {
+        let Some((leaf, intermediates)) = chain.and_then(|c| c.split_first()) else {
             return ConnIdentity::Anonymous;
         };
         // On a full handshake the verifier has just accepted this chain; on a resumption it has
@@ -84,25 +101,5 @@ impl HandshakeCallback {
                 ConnIdentity::Refused(Refusal::ClientCertRequired)
             }
         }
-    }
-}
-
-#[async_trait]
-impl TlsAccept for HandshakeCallback {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let id = self.identify(tls);
-        let result = match &id {
-            ConnIdentity::Peer(_) => "ok",
-            ConnIdentity::Anonymous => "ok_anonymous",
-            ConnIdentity::Refused(r) => r.code(),
-        };
-        self.metrics
-            .tls_handshakes
-            .with_label_values(&[self.listener, result])
-            .inc();
-        Some(Arc::new(id))
     }
 }

@@ -1,20 +1,52 @@
 //! TLS termination: serving certificate (resolver), client certificate
-//! verification per trust domain (verifier), and the per-connection peer
-//! identity computed once at handshake completion (identity).
+//! verification per trust domain (verifier), the per-connection peer
+//! identity computed once at handshake completion (identity), and the
+//! connection's stream that carries it (stream).
 
 pub mod identity;
 pub mod resolver;
+pub mod stream;
 pub mod verifier;
 
-pub use identity::HandshakeCallback;
+pub use identity::Identifier;
 pub use resolver::{ServingCert, ServingCertResolver};
 pub use verifier::{SpiffeClientVerifier, TrustBundles};
 
 use std::sync::Arc;
 
-/// The process-wide rustls provider. Installed before pingora builds any
-/// listener: pingora's `TlsSettings::build` installs ring only if nothing is
-/// installed yet, so aws-lc-rs wins.
+use anyhow::{Context, Result};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::ResolvesServerCert;
+
+/// A listener's TLS termination: the handshake, then the identity check of
+/// its result (accept.rs runs both for each connection).
+pub struct Termination {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub identifier: Identifier,
+}
+
+/// A listener's rustls configuration: TLS 1.2 and 1.3 (the verifier and
+/// the resolver refuse 1.2 where the listener does not allow it, so the
+/// refusal is counted with its reason), the client-certificate verifier,
+/// the serving-certificate resolver, ALPN h2 then http/1.1 — what pingora's
+/// `TlsSettings` built, without the pingora handshake around it.
+pub fn server_config(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
+        .context("TLS protocol versions")?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The process-wide rustls provider, which the listeners' configs are built
+/// with. Installed as the process default before anything else: pingora
+/// installs ring only if nothing is installed yet, so aws-lc-rs wins.
 ///
 /// Cipher suites: aws-lc-rs's defaults minus those built on SHA-384 (TLS 1.3
 /// `TLS_AES_256_GCM_SHA384`, TLS 1.2 `*_AES_256_GCM_SHA384`). Clients list

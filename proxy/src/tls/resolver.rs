@@ -1,6 +1,7 @@
 //! The serving certificate, swapped lock-free; and the "TLS 1.3 unless 1.2
-//! is opted in" rule, enforced on the ClientHello because pingora's
-//! `TlsSettings::build` always enables both versions.
+//! is opted in" rule, enforced on the ClientHello: the listener's config
+//! enables both versions (`tls::server_config`), so that a refused 1.2
+//! client is counted with its reason.
 
 use std::path::Path;
 use std::sync::Arc;

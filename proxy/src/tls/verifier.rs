@@ -110,8 +110,8 @@ impl TrustBundles {
 
 /// Client chains (the leaf and the intermediates exactly as presented) that verified against
 /// one generation of the bundles, keyed by a SHA-256 over the chain. A full handshake then
-/// checks the CA signatures over a given chain once, not once per connection, and the handshake
-/// callback's second look (see [`SpiffeClientVerifier::check`]) costs a hash and a lookup.
+/// checks the CA signatures over a given chain once, not once per connection, and the identity
+/// check's second look (see [`SpiffeClientVerifier::check`]) costs a hash and a lookup.
 /// zen-control issues every SVID under an intermediate, so its agents present leaf +
 /// intermediate: two signature checks per look without this.
 ///
@@ -218,9 +218,10 @@ impl SpiffeClientVerifier {
     /// X.509-SVID leaf rules, then the chain to an anchor of the leaf's own trust domain. Returns
     /// the parsed leaf, or the handshake-metric label and the TLS error.
     ///
-    /// The handshake callback runs it again: on a TLS 1.3 resumption rustls restores the client
-    /// certificate from its session cache without calling the verifier, so a CA that left the
-    /// bundle since the session was made would otherwise still vouch for the connection.
+    /// The identity check at handshake completion (`Identifier`) runs it again: on a TLS 1.3
+    /// resumption rustls restores the client certificate from its session cache without calling
+    /// the verifier, so a CA that left the bundle since the session was made would otherwise
+    /// still vouch for the connection.
     pub fn check(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -328,7 +329,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // Only TLS 1.2 handshakes get here: with a client certificate, this is
         // where a TLS 1.2 connection is refused when the listener wants 1.3
-        // (pingora's TlsSettings always enables both versions).
+        // (the listener's config enables both versions: tls::server_config).
         if !self.allow_tls12 {
             return Err(self.reject(
                 "tls_version",
