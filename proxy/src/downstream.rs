@@ -107,53 +107,87 @@ where
 {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.inner, stream, shutdown).await;
         }
-        // Our own receiver: `changed()` needs `&mut`, and a clone per
-        // connection (not per request) is one Arc increment.
-        let mut shutdown_rx = shutdown.clone();
-        let mut persistent: Option<HttpPersistentSettings> = None;
-        loop {
-            // pingora enables pipelining (and so a prefix carried over from
-            // the previous request) only when the application asks for it,
-            // which zen-proxy never does: a reused connection starts clean.
-            let prefix = match first_byte(&mut stream, &mut shutdown_rx, KEEPALIVE_IDLE).await {
-                Ok(prefix) => prefix,
-                Err(why) => {
-                    tracing::trace!(?why, "downstream connection closed while idle");
-                    return None;
-                }
-            };
-            let mut session = ServerSession::new_http1(stream);
-            match persistent.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
-                    session.set_keepalive_reuses_remaining(
-                        self.inner
-                            .server_options()
-                            .and_then(|o| o.keepalive_request_limit),
-                    );
-                }
-            }
-            if *shutdown_rx.borrow() {
-                session.set_keepalive(None);
-            }
-            session.set_pipelined_prefix(prefix);
-            let reused = self.inner.process_new_http(session, shutdown).await?;
-            let (next, settings) = reused.consume();
-            stream = next;
-            persistent = settings;
-        }
+        http1(&self.inner, stream, shutdown).await
     }
 
     async fn cleanup(&self) {
         self.inner.http_cleanup().await;
     }
+}
+
+/// An HTTP/1 connection: wait for a request's first byte, hand the request
+/// to pingora, again until the connection is not reused.
+///
+/// Its future is the keep-alive wait each idle connection holds (boxed by
+/// `ServerApp::process_new`), so no local that is borrowed here may hold
+/// anything large: the future keeps a borrowed local in its state until the
+/// local's scope ends, even once it is moved out. Hence [`session`] builds
+/// and configures the session outside: done in here, it made this future
+/// 864 bytes instead of 504 (release).
+async fn http1<A: HttpServerApp + Send + Sync + 'static>(
+    app: &Arc<A>,
+    mut stream: Stream,
+    shutdown: &ShutdownWatch,
+) -> Option<Stream> {
+    // Our own receiver: `changed()` needs `&mut`, and a clone per
+    // connection (not per request) is one Arc increment.
+    let mut shutdown_rx = shutdown.clone();
+    let mut persistent: Option<HttpPersistentSettings> = None;
+    loop {
+        // pingora enables pipelining (and so a prefix carried over from
+        // the previous request) only when the application asks for it,
+        // which zen-proxy never does: a reused connection starts clean.
+        let prefix = match first_byte(&mut stream, &mut shutdown_rx, KEEPALIVE_IDLE).await {
+            Ok(prefix) => prefix,
+            Err(why) => {
+                tracing::trace!(?why, "downstream connection closed while idle");
+                return None;
+            }
+        };
+        let closing = *shutdown_rx.borrow();
+        let (next, settings) = app
+            .process_new_http(
+                session(app.as_ref(), stream, prefix, persistent.take(), closing),
+                shutdown,
+            )
+            .await?
+            .consume();
+        stream = next;
+        persistent = settings;
+    }
+}
+
+/// The next request's pingora session: the previous request's keep-alive
+/// settings (or pingora's for a new connection), and `prefix` as the bytes
+/// already read.
+fn session<A: HttpServerApp>(
+    app: &A,
+    stream: Stream,
+    prefix: BytesMut,
+    persistent: Option<HttpPersistentSettings>,
+    closing: bool,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    match persistent {
+        Some(settings) => settings.apply_to_session(&mut session),
+        None => {
+            session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+            session.set_keepalive_reuses_remaining(
+                app.server_options().and_then(|o| o.keepalive_request_limit),
+            );
+        }
+    }
+    if closing {
+        session.set_keepalive(None);
+    }
+    session.set_pipelined_prefix(prefix);
+    session
 }
 
 #[cfg(test)]
@@ -212,5 +246,32 @@ mod tests {
         assert_eq!(got.unwrap_err(), Closed::Shutdown);
         let again = first_byte(&mut stream, &mut rx, Duration::from_secs(3600)).await;
         assert_eq!(again.unwrap_err(), Closed::Shutdown);
+    }
+
+    /// Takes each request and closes the connection.
+    struct Closes;
+
+    #[async_trait]
+    impl HttpServerApp for Closes {
+        async fn process_new_http(
+            self: &Arc<Self>,
+            _session: ServerSession,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<pingora_core::apps::ReusedHttpStream> {
+            None
+        }
+    }
+
+    /// Every idle HTTP/1 connection holds this future (boxed): the wait,
+    /// not the session it builds (864 bytes in release when it kept it, 504
+    /// without).
+    #[test]
+    fn the_keepalive_wait_stays_small() {
+        let (stream, _client) = pair();
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let app = Arc::new(Closes);
+        let wait = http1(&app, stream, &rx);
+        let size = std::mem::size_of_val(&wait);
+        assert!(size <= 512, "the keep-alive wait is {size} bytes");
     }
 }
