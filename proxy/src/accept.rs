@@ -1,7 +1,8 @@
 //! Accepting agent and bootstrap connections: one accept loop per worker
 //! thread, each on a single-threaded runtime of its own, and every
 //! connection served, start to end, by the worker that accepted it, over
-//! buffers of the proxy's own.
+//! buffers and a TLS stream of the proxy's own (tls/stream.rs, which says
+//! why), its identity decided once when the handshake completes.
 //!
 //! Why not pingora's listening service:
 //! - it runs all of a listener's accept loops on one worker and spawns each

@@ -4,10 +4,11 @@
 //!
 //! Why not pingora's `TlsStream`: each idle connection kept, besides rustls's
 //! own state, pingora's inline slots for a client and a server handshake
-//! future (empty once the handshake is done, ~2.6 KiB), a copy of the client's
-//! certificate chain (`TlsRef`, ~1.1 KiB with an intermediate) and the
-//! organization and serial of the leaf, parsed again for a digest nobody
-//! reads. bench/README.md "Idle memory" has the figures.
+//! future (empty once the handshake is done: 4.9 KiB boxed against our
+//! 1.6), a second copy of the client's certificate chain (`TlsRef`, 0.9 KiB
+//! with an intermediate) and the organization and serial of the leaf, parsed
+//! again for a digest nothing in the proxy reads. bench/README.md "Idle
+//! memory" has the figures.
 //!
 //! Where the identity travels: pingora builds every request's session
 //! `Digest` from the stream's getters, and the identity must reach HTTP/2
