@@ -587,23 +587,8 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
-        crate::tls::install_crypto_provider();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (config, roots) = crate::tls::test_server(&[b"http/1.1"]);
         let provider = crate::tls::install_crypto_provider();
-        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
-            .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let metrics = crate::metrics::Metrics::new();
         // Never consulted: these clients send no certificate.
         let verifier = crate::tls::SpiffeClientVerifier::new(
@@ -614,8 +599,6 @@ mod tests {
             metrics.clone(),
             provider,
         );
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
         Fixture {
             tls: Termination {
                 acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),

@@ -71,6 +71,31 @@ pub fn install_crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
         .expect("a default crypto provider was just installed")
 }
 
+/// A self-signed `localhost` server without client authentication, for
+/// tests of what runs after the handshake.
+#[cfg(test)]
+pub(crate) fn test_server(alpn: &[&[u8]]) -> (rustls::ServerConfig, rustls::RootCertStore) {
+    let provider = install_crypto_provider();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    (config, roots)
+}
+
 #[cfg(test)]
 mod tests {
     use rustls::CipherSuite;
