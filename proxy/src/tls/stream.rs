@@ -17,9 +17,10 @@
 //! set it (`SslDigestExtension::set` is crate-private). The one slot a stream
 //! of ours can fill is `ProxyDigest::user_data` ("optional arbitrary data");
 //! pingora fills a `ProxyDigest` only on upstream connections made through an
-//! HTTP CONNECT proxy, never on a downstream one. Its `response` is an empty
-//! placeholder. A stream that carries no identity there reads as no identity:
-//! [`identity`] returns `None` and the decision refuses what needs one.
+//! HTTP CONNECT proxy, never on a downstream one. Its required `response`
+//! is an empty header. A stream that carries no identity there reads as no
+//! identity: [`identity`] returns `None` and the decision refuses what needs
+//! one.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,12 +67,13 @@ impl<S> TlsConn<S> {
             None,
             Vec::new(),
         );
-        // No headers, so no allocation beyond the box.
-        let placeholder = Box::new(ResponseHeader::from(http::Response::new(()).into_parts().0));
+        // `ProxyDigest` requires a response header; an empty one (no headers,
+        // so no allocation beyond the box).
+        let empty = Box::new(ResponseHeader::from(http::Response::new(()).into_parts().0));
         TlsConn {
             tls,
             ssl: Arc::new(ssl),
-            identity: Arc::new(ProxyDigest::new(placeholder, Some(Box::new(identity)))),
+            identity: Arc::new(ProxyDigest::new(empty, Some(Box::new(identity)))),
             timing: TimingDigest {
                 established_ts: SystemTime::now(),
                 establishment_duration: Some(started.elapsed()),
