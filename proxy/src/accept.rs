@@ -264,7 +264,7 @@ async fn serve<A: ServerApp + Send + Sync + 'static>(
     // (a borrowed local stays until its scope ends): 968 bytes, not 200.
     let handshake = Box::pin(tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        tls.acceptor.accept(socket_stream(tcp, peer)),
+        crate::tls::stream::handshake(socket_stream(tcp, peer), tls.config.clone()),
     ));
     let mut stream = match handshake.await {
         // Within the match arm, so that the stream by value (1.3 KiB) is not
@@ -306,11 +306,11 @@ fn socket_stream(tcp: TcpStream, peer: SocketAddr) -> Buffered {
 /// connection's identity decided once, here; every request on the
 /// connection reads it.
 fn established(
-    done: tokio_rustls::server::TlsStream<Buffered>,
+    done: crate::tls::stream::TlsSession<Buffered>,
     tls: &Termination,
     started: Instant,
 ) -> Stream {
-    let identity = tls.identifier.identify(done.get_ref().1);
+    let identity = tls.identifier.identify(done.state());
     Box::new(TlsConn::new(done, identity, started))
 }
 
@@ -322,14 +322,14 @@ fn established(
 /// `TcpStream` has none, so they are here:
 /// - writes: see [`WRITE_BUFFER`]; written by hand rather than with tokio's
 ///   `BufWriter`, which holds its 1.4 KiB for the connection's whole life;
-/// - reads: rustls asks for at most 4 KiB at a time. For a request that fits
-///   (nearly all of them) one `recv` into rustls's own buffer is all it
-///   takes, with no copy and nothing held while the connection is idle —
-///   pingora's 64 KiB read buffer kept ~4.5 kB per idle connection resident.
-///   When a read fills rustls's whole request, more is probably waiting (a
-///   large body): the next reads go through a [`READ_AHEAD`] buffer, one
-///   `recv` per 64 KiB instead of per 4 KiB, until the socket has nothing
-///   more, and then the buffer is freed.
+/// - reads: the TLS session above (tls/stream.rs) asks for 4 KiB at a time.
+///   For a request that fits (nearly all of them) one `recv` into the
+///   session's own buffer is all it takes, with no copy and nothing held
+///   while the connection is idle — pingora's 64 KiB read buffer kept
+///   ~4.5 kB per idle connection resident. When a read fills the whole
+///   request, more is probably waiting (a large body): the next reads go
+///   through a [`READ_AHEAD`] buffer, one `recv` per 64 KiB instead of per
+///   4 KiB, until the socket has nothing more, and then the buffer is freed.
 #[derive(Debug)]
 struct Buffered {
     io: L4Stream,
@@ -479,7 +479,7 @@ impl AsyncWrite for Buffered {
 
 impl Drop for Buffered {
     /// A last send without waiting, as pingora's L4 stream does on drop: when
-    /// a handshake fails, rustls writes its alert (e.g. `certificate_required`,
+    /// a handshake fails, the TLS session writes rustls's alert (e.g. `certificate_required`,
     /// which tells a client without a certificate what is wrong) and the
     /// connection is dropped with no flush.
     fn drop(&mut self) {
@@ -601,7 +601,7 @@ mod tests {
         );
         Fixture {
             tls: Termination {
-                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+                config: Arc::new(config),
                 identifier: crate::tls::Identifier {
                     listener: "agent",
                     allow_tls12: false,
@@ -803,7 +803,7 @@ mod tests {
         assert!(server.read_ahead.is_none() && !server.streaming);
     }
 
-    /// rustls reads 4 KiB at a time; a 1 MiB body arrives whole and in
+    /// The TLS session reads 4 KiB at a time; a 1 MiB body arrives whole and in
     /// order through the read-ahead, which is freed once the socket is dry.
     #[tokio::test]
     async fn a_large_body_streams_through_the_read_ahead_then_it_is_freed() {

@@ -196,7 +196,7 @@ fn termination(
     let config = tls::server_config(provider, verifier.clone(), resolver)
         .with_context(|| format!("{listener} listener"))?;
     Ok(Termination {
-        acceptor: tokio_rustls::TlsAcceptor::from(config),
+        config,
         identifier: Identifier {
             listener,
             allow_tls12,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use http::HeaderValue;
-use rustls::{ProtocolVersion, ServerConnection};
+use rustls::{CommonState, ProtocolVersion};
 use zen_trust::SpiffeId;
 
 use rustls_pki_types::UnixTime;
@@ -50,7 +50,7 @@ pub struct Identifier {
 impl Identifier {
     /// The identity of a connection whose handshake has just completed,
     /// counted once by its verdict.
-    pub fn identify(&self, conn: &ServerConnection) -> ConnIdentity {
+    pub fn identify(&self, conn: &CommonState) -> ConnIdentity {
         let id = self.decide(conn.protocol_version(), conn.peer_certificates());
         let result = match &id {
             ConnIdentity::Peer(_) => "ok",

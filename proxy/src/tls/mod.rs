@@ -21,7 +21,8 @@ use rustls::server::ResolvesServerCert;
 /// A listener's TLS termination: the handshake, then the identity check of
 /// its result (accept.rs runs both for each connection).
 pub struct Termination {
-    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// The listener's rustls configuration ([`server_config`]).
+    pub config: Arc<rustls::ServerConfig>,
     pub identifier: Identifier,
 }
 

@@ -1,14 +1,23 @@
 //! An accepted downstream TLS connection as pingora's HTTP code sees it:
-//! tokio-rustls's server stream, what pingora reads from a stream's digests,
-//! and the connection's identity.
+//! rustls's server connection driven over the socket with buffers of our
+//! own, what pingora reads from a stream's digests, and the connection's
+//! identity.
+//!
+//! Why rustls's unbuffered API and not tokio-rustls: rustls's buffered
+//! connection keeps a 4 KiB record buffer ready for the next read for the
+//! connection's whole life, and an idle agent connection is mostly that
+//! (bench/README.md "Idle memory"). Here the received bytes go to a buffer
+//! that exists only while a record is incomplete, decrypted data waits only
+//! until it is read, and what rustls produces only until the socket takes
+//! it: an idle connection holds none of the three. rustls still does all of
+//! TLS (handshake, records, alerts, key updates, close_notify); this module
+//! only moves bytes between it and the socket.
 //!
 //! Why not pingora's `TlsStream`: each idle connection kept, besides rustls's
 //! own state, pingora's inline slots for a client and a server handshake
-//! future (empty once the handshake is done: 4.9 KiB boxed against our
-//! 1.6), a second copy of the client's certificate chain (`TlsRef`, 0.9 KiB
-//! with an intermediate) and the organization and serial of the leaf, parsed
-//! again for a digest nothing in the proxy reads. bench/README.md "Idle
-//! memory" has the figures.
+//! future (empty once the handshake is done), a second copy of the client's
+//! certificate chain (`TlsRef`) and the organization and serial of the leaf,
+//! parsed again for a digest nothing in the proxy reads.
 //!
 //! Where the identity travels: pingora builds every request's session
 //! `Digest` from the stream's getters, and the identity must reach HTTP/2
@@ -22,9 +31,10 @@
 //! identity: [`identity`] returns `None` and the decision refuses what needs
 //! one.
 
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -35,15 +45,465 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_http::ResponseHeader;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::{CommonState, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio_rustls::server::TlsStream;
 
 use crate::tls::identity::ConnIdentity;
+
+/// How much room each read from the socket gets (rustls's own read size).
+const READ_SIZE: usize = 4096;
+
+/// The most received bytes held before rustls can make sense of them: a
+/// handshake message may span records up to 64 KiB (rustls's own limit for
+/// its buffered connection), plus one record being joined. Beyond it the
+/// peer is refused.
+const MAX_INCOMING: usize = 0xffff + 16 * 1024 + 2048;
+
+/// Plaintext encrypted per `poll_write`: 4 records. The caller's remainder
+/// goes in its next write, once the socket has taken this.
+const MAX_WRITE: usize = 4 * 16 * 1024;
+
+/// rustls's server connection over `S`, with the three buffers it needs
+/// held only while they hold something (see the module doc).
+pub struct TlsSession<S> {
+    io: S,
+    conn: UnbufferedServerConnection,
+    /// Received and not yet processed: an incomplete record.
+    incoming: Vec<u8>,
+    /// Decrypted and not yet read; `plaintext[read..]` is what is left.
+    plaintext: Vec<u8>,
+    read: usize,
+    /// Produced by rustls and not yet taken by the socket;
+    /// `outgoing[sent..]` is what is left.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// The peer sent close_notify: a clean end of what it sends.
+    peer_closed: bool,
+    /// The socket reached end of file.
+    eof: bool,
+    /// We queued our close_notify.
+    close_sent: bool,
+    /// rustls reported an error (its alert, if any, is queued): nothing more
+    /// is read, decrypted or encrypted on this connection.
+    failed: bool,
+}
+
+/// Lengths and states only: no record content, decrypted or not.
+impl<S: std::fmt::Debug> std::fmt::Debug for TlsSession<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("io", &self.io)
+            .field("handshaking", &self.conn.is_handshaking())
+            .field("incoming", &self.incoming.len())
+            .field("plaintext", &(self.plaintext.len() - self.read))
+            .field("outgoing", &(self.outgoing.len() - self.sent))
+            .field("peer_closed", &self.peer_closed)
+            .field("eof", &self.eof)
+            .field("close_sent", &self.close_sent)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+/// What rustls needs next.
+enum Next {
+    /// Bytes from the peer (the handshake is not done, or it is and every
+    /// complete record has been read).
+    Input,
+    /// Both sides have sent close_notify.
+    Closed,
+}
+
+/// What to ask of rustls once it may send application data.
+enum Outbound<'a> {
+    Nothing,
+    Data(&'a [u8]),
+    CloseNotify,
+}
+
+/// A TLS error as the I/O error tokio-rustls gives for it.
+fn tls_error(err: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, err)
+}
+
+/// Server side of a TLS handshake over `io`: runs until the handshake is
+/// done (the caller bounds it in time). A failed handshake sends rustls's
+/// alert (e.g. `certificate_required`, which tells a client without a
+/// certificate what is wrong) before it returns the error.
+pub async fn handshake<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsSession<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let mut session = TlsSession {
+        io,
+        conn,
+        incoming: Vec::new(),
+        plaintext: Vec::new(),
+        read: 0,
+        outgoing: Vec::new(),
+        sent: 0,
+        peer_closed: false,
+        eof: false,
+        close_sent: false,
+        failed: false,
+    };
+    loop {
+        let processed = session.process(&mut Outbound::Nothing);
+        // What rustls produced goes out first: its flight, or its alert.
+        std::future::poll_fn(|cx| session.poll_send(cx)).await?;
+        session.io.flush().await?;
+        processed?;
+        if !session.conn.is_handshaking() {
+            return Ok(session);
+        }
+        if session.peer_closed || session.eof {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        std::future::poll_fn(|cx| session.poll_receive(cx)).await?;
+    }
+}
+
+impl<S> TlsSession<S> {
+    /// What the handshake established (version, suite, ALPN, the client's
+    /// certificates), for the identity check.
+    pub fn state(&self) -> &CommonState {
+        &self.conn
+    }
+
+    /// Lets rustls process what has been received, and asks it for `send`
+    /// once it may send application data (`send` is then `Nothing`). Decrypted data is appended to
+    /// `plaintext`, and what rustls produces (handshake flights, alerts,
+    /// tickets, key updates, `send`'s records) to `outgoing`.
+    ///
+    /// On a TLS error, rustls's alert for it is in `outgoing`.
+    fn process(&mut self, send: &mut Outbound<'_>) -> io::Result<Next> {
+        if self.failed {
+            return Err(failed());
+        }
+        let result = self.process_inner(send);
+        if result.is_err() {
+            self.failed = true;
+            self.queue_alert();
+        }
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        result
+    }
+
+    fn process_inner(&mut self, send: &mut Outbound<'_>) -> io::Result<Next> {
+        loop {
+            // Always `incoming`, less what rustls said to discard: its
+            // handshake joiner keeps positions in it across calls.
+            let status = self.conn.process_tls_records(&mut self.incoming[..]);
+            let discard = status.discard;
+            let mut out = Produced {
+                plaintext: &mut self.plaintext,
+                outgoing: &mut self.outgoing,
+                peer_closed: &mut self.peer_closed,
+                close_sent: &mut self.close_sent,
+            };
+            let next = status
+                .state
+                .map_err(tls_error)
+                .and_then(|s| out.take(s, send));
+            // Discarded whatever happened, before rustls is called again.
+            self.incoming.drain(..discard);
+            if let Some(next) = next? {
+                return Ok(next);
+            }
+        }
+    }
+
+    /// After a TLS error rustls holds its alert for the peer (it comes out as
+    /// records to encode): into `outgoing`, for the next send. Only while
+    /// rustls has something to send: asked for more, it would process the
+    /// record that failed again.
+    fn queue_alert(&mut self) {
+        while self.conn.wants_write() {
+            // Always the same buffer: rustls keeps positions in it. With
+            // something to send it returns that before it reads any of it.
+            let status = self.conn.process_tls_records(&mut self.incoming[..]);
+            let discard = status.discard;
+            let encoded = match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode_into(&mut self.outgoing, 64, |out| data.encode(out)).is_ok()
+                }
+                _ => false,
+            };
+            self.incoming.drain(..discard);
+            if !encoded {
+                return;
+            }
+        }
+    }
+}
+
+/// Every use of a session after rustls reported an error.
+fn failed() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "TLS connection failed earlier")
+}
+
+/// Where [`TlsSession::process`] puts what rustls hands over.
+struct Produced<'s> {
+    plaintext: &'s mut Vec<u8>,
+    outgoing: &'s mut Vec<u8>,
+    peer_closed: &'s mut bool,
+    close_sent: &'s mut bool,
+}
+
+impl Produced<'_> {
+    /// One state of rustls's: what it holds is taken; `Some` when rustls
+    /// waits for the socket.
+    fn take<Data>(
+        &mut self,
+        state: ConnectionState<'_, '_, Data>,
+        send: &mut Outbound<'_>,
+    ) -> io::Result<Option<Next>> {
+        Ok(match state {
+            ConnectionState::ReadTraffic(mut traffic) => {
+                while let Some(record) = traffic.next_record() {
+                    self.plaintext
+                        .extend_from_slice(record.map_err(tls_error)?.payload);
+                }
+                None
+            }
+            ConnectionState::EncodeTlsData(mut data) => {
+                encode_into(self.outgoing, 512, |out| data.encode(out))
+                    .map_err(|err| io::Error::other(format!("TLS handshake record: {err}")))?;
+                None
+            }
+            // The records encoded above are in `outgoing`, ahead of anything
+            // produced later, and are sent from there.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                None
+            }
+            ConnectionState::PeerClosed => {
+                *self.peer_closed = true;
+                None
+            }
+            ConnectionState::Closed => Some(Next::Closed),
+            ConnectionState::BlockedHandshake => Some(Next::Input),
+            ConnectionState::WriteTraffic(mut traffic) => {
+                match std::mem::replace(send, Outbound::Nothing) {
+                    Outbound::Nothing => {}
+                    Outbound::Data(data) => {
+                        // Per record: header, tag, content type.
+                        let room = data.len() + (data.len() / 16384 + 1) * 64;
+                        encode_into(self.outgoing, room, |out| traffic.encrypt(data, out))
+                            .map_err(|err| io::Error::other(format!("TLS record: {err}")))?
+                    }
+                    Outbound::CloseNotify => {
+                        encode_into(self.outgoing, 64, |out| traffic.queue_close_notify(out))
+                            .map_err(|err| io::Error::other(format!("TLS close_notify: {err}")))?;
+                        *self.close_sent = true;
+                    }
+                }
+                Some(Next::Input)
+            }
+            // Early data is not enabled in the listeners' configs.
+            ConnectionState::ReadEarlyData(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "TLS early data is not accepted",
+                ));
+            }
+            other => return Err(io::Error::other(format!("unexpected TLS state {other:?}"))),
+        })
+    }
+}
+
+/// Appends what `encode` writes to `out`: `room` bytes first, then as many
+/// as rustls asks for.
+fn encode_into<E: AsInsufficient>(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    let start = out.len();
+    loop {
+        out.resize(start + room, 0);
+        match encode(&mut out[start..]) {
+            Ok(n) => {
+                out.truncate(start + n);
+                return Ok(());
+            }
+            Err(err) => {
+                out.truncate(start);
+                match err.required_size() {
+                    Some(required) if required > room => room = required,
+                    _ => return Err(err),
+                }
+            }
+        }
+    }
+}
+
+/// The size rustls asked for, when that is the error.
+trait AsInsufficient {
+    fn required_size(&self) -> Option<usize>;
+}
+
+impl AsInsufficient for EncodeError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl AsInsufficient for EncryptError {
+    fn required_size(&self) -> Option<usize> {
+        match self {
+            EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+                Some(*required_size)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
+    /// Writes `outgoing` to the socket, then frees it.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing[self.sent..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.sent += n,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// One read from the socket onto the end of `incoming`; sets `eof`.
+    fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let filled = self.incoming.len();
+        if filled >= MAX_INCOMING {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS message too large",
+            )));
+        }
+        self.incoming.resize(filled + READ_SIZE, 0);
+        let mut buf = ReadBuf::new(&mut self.incoming[filled..]);
+        let polled = Pin::new(&mut self.io).poll_read(cx, &mut buf);
+        let got = buf.filled().len();
+        self.incoming.truncate(filled + got);
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        match polled {
+            Poll::Ready(Ok(())) => {
+                self.eof = got == 0;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    /// Decrypted data for `buf`: what is already decrypted, else what the
+    /// socket brings; end of file after the peer's close_notify.
+    fn poll_plaintext(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if self.read < self.plaintext.len() {
+                let n = buf.remaining().min(self.plaintext.len() - self.read);
+                buf.put_slice(&self.plaintext[self.read..self.read + n]);
+                self.read += n;
+                if self.read == self.plaintext.len() {
+                    self.plaintext = Vec::new();
+                    self.read = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.failed {
+                return Poll::Ready(Err(failed()));
+            }
+            if self.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                // As rustls's buffered connection: an end without
+                // close_notify may be a truncation.
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            // Whatever rustls produced while reading (an alert, a key
+            // update) goes out without holding up the read.
+            if let Poll::Ready(Err(err)) = self.poll_send(cx) {
+                return Poll::Ready(Err(err));
+            }
+            ready!(self.poll_receive(cx))?;
+            if let Err(err) = self.process(&mut Outbound::Nothing) {
+                let _ = self.poll_send(cx);
+                return Poll::Ready(Err(err));
+            }
+        }
+    }
+
+    /// Encrypts up to [`MAX_WRITE`] of `buf` once what was written before
+    /// has gone out; tries to send it at once.
+    fn poll_encrypt(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_send(cx))?;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if self.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let data = &buf[..buf.len().min(MAX_WRITE)];
+        let mut send = Outbound::Data(data);
+        if let Err(err) = self.process(&mut send) {
+            let _ = self.poll_send(cx);
+            return Poll::Ready(Err(err));
+        }
+        if !matches!(send, Outbound::Nothing) {
+            // rustls may not send application data: the connection is closed.
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // What the socket does not take now goes with the next write or
+        // flush, before anything else.
+        if let Poll::Ready(Err(err)) = self.poll_send(cx) {
+            return Poll::Ready(Err(err));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    /// close_notify, sent, then the socket's shutdown.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.close_sent {
+            ready!(self.poll_send(cx))?;
+            // Not sent when rustls has no traffic state left to send it in.
+            self.process(&mut Outbound::CloseNotify)?;
+            self.close_sent = true;
+        }
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
 
 /// A completed server handshake over `S`, with the identity decided for it.
 #[derive(Debug)]
 pub struct TlsConn<S> {
-    tls: TlsStream<S>,
+    tls: TlsSession<S>,
     ssl: Arc<SslDigest>,
     identity: Arc<ProxyDigest>,
     timing: TimingDigest,
@@ -51,8 +511,8 @@ pub struct TlsConn<S> {
 
 impl<S> TlsConn<S> {
     /// `started`: when the handshake began, for the timing digest.
-    pub fn new(tls: TlsStream<S>, identity: ConnIdentity, started: Instant) -> Self {
-        let (_, conn) = tls.get_ref();
+    pub fn new(tls: TlsSession<S>, identity: ConnIdentity, started: Instant) -> Self {
+        let conn = tls.state();
         // The cipher and version only: pingora's own stream also hashes the
         // leaf and parses it for organization and serial, which nothing in
         // the proxy reads (the identity carries the leaf's hash and serial).
@@ -98,8 +558,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsConn<S> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_read(cx, buf)
+    ) -> Poll<io::Result<()>> {
+        self.tls.poll_plaintext(cx, buf)
     }
 }
 
@@ -108,28 +568,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsConn<S> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write(cx, buf)
+    ) -> Poll<io::Result<usize>> {
+        self.tls.poll_encrypt(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.tls.poll_send(cx))?;
+        Pin::new(&mut self.tls.io).poll_flush(cx)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tls.poll_close(cx)
     }
 }
 
@@ -145,7 +594,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Shutdown for TlsConn<S> {
 
 impl<S: UniqueID> UniqueID for TlsConn<S> {
     fn id(&self) -> UniqueIDType {
-        self.tls.get_ref().0.id()
+        self.tls.io.id()
     }
 }
 
@@ -156,7 +605,7 @@ impl<S> Ssl for TlsConn<S> {
 
     fn selected_alpn_proto(&self) -> Option<ALPN> {
         // The listener offers exactly these two (tls::server_config).
-        match self.tls.get_ref().1.alpn_protocol()? {
+        match self.tls.state().alpn_protocol()? {
             b"h2" => Some(ALPN::H2),
             b"http/1.1" => Some(ALPN::H1),
             _ => None,
@@ -166,17 +615,17 @@ impl<S> Ssl for TlsConn<S> {
 
 impl<S: GetTimingDigest> GetTimingDigest for TlsConn<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        let mut layers = self.tls.get_ref().0.get_timing_digest();
+        let mut layers = self.tls.io.get_timing_digest();
         layers.push(Some(self.timing.clone()));
         layers
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.tls.get_ref().0.get_read_pending_time()
+        self.tls.io.get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.tls.get_ref().0.get_write_pending_time()
+        self.tls.io.get_write_pending_time()
     }
 }
 
@@ -191,11 +640,11 @@ impl<S> GetProxyDigest for TlsConn<S> {
 
 impl<S: GetSocketDigest> GetSocketDigest for TlsConn<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.tls.get_ref().0.get_socket_digest()
+        self.tls.io.get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.tls.get_mut().0.set_socket_digest(digest)
+        self.tls.io.set_socket_digest(digest)
     }
 }
 
@@ -213,7 +662,7 @@ mod tests {
     async fn handshake(
         alpn: &[&[u8]],
     ) -> (
-        TlsStream<DuplexStream>,
+        TlsSession<DuplexStream>,
         tokio_rustls::client::TlsStream<DuplexStream>,
     ) {
         let (server, roots) = crate::tls::test_server(&[b"h2", b"http/1.1"]);
@@ -225,11 +674,12 @@ mod tests {
             .with_no_client_auth();
         client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let (accepted, connected) =
-            tokio::join!(acceptor.accept(ours), connector.connect(name, theirs));
+        let (accepted, connected) = tokio::join!(
+            super::handshake(ours, Arc::new(server)),
+            connector.connect(name, theirs)
+        );
         (accepted.unwrap(), connected.unwrap())
     }
 
@@ -295,15 +745,220 @@ mod tests {
         assert_eq!(back, b"pong", "close_notify ends the client's read cleanly");
     }
 
-    /// What an idle connection keeps: rustls's stream and a few pointers,
-    /// not pingora's slots for handshake futures (see the module doc).
+    /// A failed handshake tells the client why before it ends: here rustls's
+    /// `certificate_required` alert to a client without a certificate.
+    #[tokio::test]
+    async fn a_failed_handshake_sends_rustls_alert() {
+        let provider = crate::tls::install_crypto_provider();
+        let (plain, roots) = crate::tls::test_server(&[b"http/1.1"]);
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots.clone()),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let resolver = plain.cert_resolver.clone();
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver);
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let client_side = async move {
+            // TLS 1.3: the client's handshake completes before the server
+            // has seen its (empty) certificate; the alert ends its first read.
+            let mut tls = connector.connect(name, theirs).await?;
+            tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
+            let mut got = Vec::new();
+            tls.read_to_end(&mut got).await.map(|_| got)
+        };
+        let (accepted, connected) =
+            tokio::join!(super::handshake(ours, Arc::new(server)), client_side);
+        let err = accepted.expect_err("no client certificate");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        let err = connected.expect_err("refused").to_string();
+        assert!(err.contains("CertificateRequired"), "{err}");
+    }
+
+    /// A client whose chunks do not line up with records: 1 MiB each way in
+    /// odd sizes, a key update in the middle, then the connection goes idle
+    /// and holds no buffer (the point of the unbuffered API, module doc).
+    #[tokio::test]
+    async fn large_transfers_both_ways_then_idle_holds_no_buffer() {
+        let (server, client) = handshake(&[b"http/1.1"]).await;
+        let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
+        let data: Vec<u8> = (0..1024 * 1024u32)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            let mut at = 0;
+            for (i, size) in [1usize, 100, 16_384, 16_385, 70_000, 3]
+                .iter()
+                .cycle()
+                .enumerate()
+            {
+                if at == sent.len() {
+                    break;
+                }
+                let end = (at + size).min(sent.len());
+                client_write.write_all(&sent[at..end]).await.unwrap();
+                at = end;
+                if i == 7 {
+                    // rustls's client sends a KeyUpdate with its next record.
+                    client_write.flush().await.unwrap();
+                }
+            }
+            client_write.flush().await.unwrap();
+            client_write
+        });
+        let mut got = vec![0u8; data.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert!(got == data, "server read what the client wrote");
+        let _client_write = writer.await.unwrap();
+        // And back, in one write the stream takes in pieces.
+        let reader = tokio::spawn(async move {
+            let mut back = vec![0u8; 1024 * 1024];
+            client_read.read_exact(&mut back).await.unwrap();
+            back
+        });
+        conn.write_all(&data).await.unwrap();
+        conn.flush().await.unwrap();
+        assert!(
+            reader.await.unwrap() == data,
+            "client read what the server wrote"
+        );
+        let tls = &conn.tls;
+        assert_eq!(
+            (
+                tls.incoming.capacity(),
+                tls.plaintext.capacity(),
+                tls.outgoing.capacity()
+            ),
+            (0, 0, 0),
+            "an idle connection holds no buffer"
+        );
+    }
+
+    /// A record that does not decrypt ends the connection: an error for the
+    /// read, rustls's alert to the peer, and nothing encrypted afterwards.
+    #[tokio::test]
+    async fn a_corrupt_record_fails_the_connection_for_good() {
+        let (server, client) = handshake(&[b"http/1.1"]).await;
+        let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
+        let (mut socket, _) = client.into_inner();
+        // The session tickets the server sent after the handshake, unread.
+        let mut tickets = [0u8; 1024];
+        while let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(50), socket.read(&mut tickets)).await
+        {
+            assert!(read.unwrap() > 0);
+        }
+        // An application-data record header and 40 bytes no key made.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 40];
+        record.extend_from_slice(&[0x5a; 40]);
+        socket.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 64];
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(conn.tls.failed);
+        let again = conn.write(b"after").await.unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData, "{again}");
+        // What reached the client is rustls's alert and not "after": one
+        // record of an encrypted alert's size (header, alert, content type,
+        // tag).
+        drop(conn);
+        let mut got = Vec::new();
+        socket.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 5 + 2 + 1 + 16, "{got:?}");
+        assert_eq!(got[0], 0x17, "{got:?}");
+    }
+
+    /// A key update the client asks for is answered and data keeps flowing.
+    #[tokio::test]
+    async fn a_client_key_update_is_followed() {
+        let (server, mut client) = handshake(&[b"http/1.1"]).await;
+        let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
+        for round in 0..3u8 {
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            client.write_all(&[round; 10]).await.unwrap();
+            client.flush().await.unwrap();
+            let mut got = [0u8; 10];
+            conn.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [round; 10]);
+            conn.write_all(&[round + 100; 5]).await.unwrap();
+            conn.flush().await.unwrap();
+            let mut back = [0u8; 5];
+            client.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [round + 100; 5]);
+        }
+    }
+
+    /// A peer that closes without close_notify may have been cut short: an
+    /// error, as rustls's buffered connection reports it, not an end of file.
+    #[tokio::test]
+    async fn an_end_without_close_notify_is_an_error() {
+        let (server, client) = handshake(&[b"http/1.1"]).await;
+        let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
+        let (mut socket, _) = client.into_inner();
+        AsyncWriteExt::shutdown(&mut socket).await.unwrap();
+        drop(socket);
+        let mut got = Vec::new();
+        let err = conn.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// TLS 1.2 (where a listener allows it): handshake and data.
+    #[tokio::test]
+    async fn tls12_handshake_and_data() {
+        let (server, roots) = crate::tls::test_server(&[b"http/1.1"]);
+        let provider = crate::tls::install_crypto_provider();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let (accepted, connected) = tokio::join!(
+            super::handshake(ours, Arc::new(server)),
+            connector.connect(name, theirs)
+        );
+        let mut conn = TlsConn::new(accepted.unwrap(), ConnIdentity::Anonymous, Instant::now());
+        let mut client = connected.unwrap();
+        assert_eq!(conn.get_ssl_digest().unwrap().version, "TLSv1_2");
+        client.write_all(b"twelve").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 6];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"twelve");
+        conn.write_all(b"ok").await.unwrap();
+        Shutdown::shutdown(&mut conn).await;
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"ok");
+    }
+
+    /// What an idle connection keeps: rustls's connection, the socket and a
+    /// few words, not pingora's slots for handshake futures (see the module
+    /// doc).
     #[test]
     fn the_stream_is_rustls_plus_a_few_words() {
         let ours = std::mem::size_of::<TlsConn<DuplexStream>>();
-        let rustls = std::mem::size_of::<TlsStream<DuplexStream>>();
+        let parts =
+            std::mem::size_of::<UnbufferedServerConnection>() + std::mem::size_of::<DuplexStream>();
         assert!(
-            ours <= rustls + 128,
-            "TlsConn is {ours} bytes, rustls's stream {rustls}"
+            ours <= parts + 192,
+            "TlsConn is {ours} bytes, rustls's connection and the socket {parts}"
         );
     }
 }
