@@ -201,6 +201,7 @@ impl<S> TlsSession<S> {
             let status = self.conn.process_tls_records(&mut self.incoming[..]);
             let discard = status.discard;
             let mut out = Produced {
+                discard: 0,
                 plaintext: &mut self.plaintext,
                 outgoing: &mut self.outgoing,
                 peer_closed: &mut self.peer_closed,
@@ -211,7 +212,7 @@ impl<S> TlsSession<S> {
                 .map_err(tls_error)
                 .and_then(|s| out.take(s, send));
             // Discarded whatever happened, before rustls is called again.
-            self.incoming.drain(..discard);
+            self.incoming.drain(..discard + out.discard);
             if let Some(next) = next? {
                 return Ok(next);
             }
@@ -249,6 +250,9 @@ fn failed() -> io::Error {
 
 /// Where [`TlsSession::process`] puts what rustls hands over.
 struct Produced<'s> {
+    /// What the records read add to the status's discard (0 in rustls
+    /// 0.23, which decrypts into its own buffer; the API asks for the sum).
+    discard: usize,
     plaintext: &'s mut Vec<u8>,
     outgoing: &'s mut Vec<u8>,
     peer_closed: &'s mut bool,
@@ -266,8 +270,9 @@ impl Produced<'_> {
         Ok(match state {
             ConnectionState::ReadTraffic(mut traffic) => {
                 while let Some(record) = traffic.next_record() {
-                    self.plaintext
-                        .extend_from_slice(record.map_err(tls_error)?.payload);
+                    let record = record.map_err(tls_error)?;
+                    self.discard += record.discard;
+                    self.plaintext.extend_from_slice(record.payload);
                 }
                 None
             }
@@ -389,6 +394,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let filled = self.incoming.len();
         if filled >= MAX_INCOMING {
+            self.failed = true;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS message too large",
@@ -446,14 +452,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
                     "peer closed connection without sending TLS close_notify",
                 )));
             }
-            // Whatever rustls produced while reading (an alert, a key
-            // update) goes out without holding up the read.
-            if let Poll::Ready(Err(err)) = self.poll_send(cx) {
-                return Poll::Ready(Err(err));
-            }
+            self.push_out(cx)?;
             ready!(self.poll_receive(cx))?;
             if let Err(err) = self.process(&mut Outbound::Nothing) {
-                let _ = self.poll_send(cx);
+                let _ = self.push_out(cx);
                 return Poll::Ready(Err(err));
             }
         }
@@ -472,7 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
         let data = &buf[..buf.len().min(MAX_WRITE)];
         let mut send = Outbound::Data(data);
         if let Err(err) = self.process(&mut send) {
-            let _ = self.poll_send(cx);
+            let _ = self.push_out(cx);
             return Poll::Ready(Err(err));
         }
         if !matches!(send, Outbound::Nothing) {
@@ -488,8 +490,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
     }
 
     /// close_notify, sent, then the socket's shutdown.
+    /// After a failure: no close_notify (rustls's alert, queued, is the
+    /// last record), but what is queued is still sent and the socket shut.
     fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.close_sent {
+        if !self.close_sent && !self.failed {
             ready!(self.poll_send(cx))?;
             // Not sent when rustls has no traffic state left to send it in.
             self.process(&mut Outbound::CloseNotify)?;
@@ -497,6 +501,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
         }
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    /// What rustls produced on the read side (an alert, a close_notify when
+    /// its keys run out, a TLS 1.2 warning) goes out now rather than with
+    /// the application's next flush; a full socket does not hold up the read.
+    fn push_out(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.outgoing.is_empty() {
+            return Ok(());
+        }
+        if let Poll::Ready(Err(err)) = self.poll_send(cx) {
+            return Err(err);
+        }
+        if let Poll::Ready(Err(err)) = Pin::new(&mut self.io).poll_flush(cx) {
+            return Err(err);
+        }
+        Ok(())
     }
 }
 
@@ -788,7 +808,7 @@ mod tests {
     }
 
     /// A client whose chunks do not line up with records: 1 MiB each way in
-    /// odd sizes, a key update in the middle, then the connection goes idle
+    /// odd sizes after a key update, then the connection goes idle
     /// and holds no buffer (the point of the unbuffered API, module doc).
     #[tokio::test]
     async fn large_transfers_both_ways_then_idle_holds_no_buffer() {
@@ -797,25 +817,20 @@ mod tests {
         let data: Vec<u8> = (0..1024 * 1024u32)
             .map(|i| (i * 7 + i / 251) as u8)
             .collect();
+        let mut client = client;
+        // rustls's client sends a KeyUpdate with its first record.
+        client.get_mut().1.refresh_traffic_keys().unwrap();
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let sent = data.clone();
         let writer = tokio::spawn(async move {
             let mut at = 0;
-            for (i, size) in [1usize, 100, 16_384, 16_385, 70_000, 3]
-                .iter()
-                .cycle()
-                .enumerate()
-            {
+            for size in [1usize, 100, 16_384, 16_385, 70_000, 3].iter().cycle() {
                 if at == sent.len() {
                     break;
                 }
                 let end = (at + size).min(sent.len());
                 client_write.write_all(&sent[at..end]).await.unwrap();
                 at = end;
-                if i == 7 {
-                    // rustls's client sends a KeyUpdate with its next record.
-                    client_write.flush().await.unwrap();
-                }
             }
             client_write.flush().await.unwrap();
             client_write
@@ -880,6 +895,89 @@ mod tests {
         socket.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), 5 + 2 + 1 + 16, "{got:?}");
         assert_eq!(got[0], 0x17, "{got:?}");
+    }
+
+    /// The client's close_notify is a clean end of file, after its data.
+    #[tokio::test]
+    async fn a_client_close_notify_is_a_clean_end() {
+        let (server, mut client) = handshake(&[b"http/1.1"]).await;
+        let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        assert!(conn.tls.peer_closed);
+        // It may still answer, then close.
+        conn.write_all(b"bye").await.unwrap();
+        Shutdown::shutdown(&mut conn).await;
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"bye");
+    }
+
+    /// A handshake whose messages come split over many records and many
+    /// small reads (rustls joins them in our buffer, across calls).
+    #[tokio::test]
+    async fn a_handshake_in_small_records_and_reads() {
+        let (mut server, roots) = crate::tls::test_server(&[b"http/1.1"]);
+        // No session tickets: the handshake returns once they are sent, and
+        // through a 37-byte pipe they wait for a client read.
+        server.send_tls13_tickets = 0;
+        let provider = crate::tls::install_crypto_provider();
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.max_fragment_size = Some(64);
+        let (ours, theirs) = tokio::io::duplex(37);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let (accepted, connected) = tokio::join!(
+            super::handshake(ours, Arc::new(server)),
+            connector.connect(name, theirs)
+        );
+        let mut conn = TlsConn::new(accepted.unwrap(), ConnIdentity::Anonymous, Instant::now());
+        let mut client = connected.unwrap();
+        let data = vec![9u8; 3000];
+        let mut got = vec![0u8; data.len()];
+        let (sent, read) = tokio::join!(
+            async {
+                client.write_all(&data).await?;
+                client.flush().await
+            },
+            conn.read_exact(&mut got)
+        );
+        sent.unwrap();
+        read.unwrap();
+        assert_eq!(got, data);
+    }
+
+    /// More unprocessable bytes than any TLS message needs: refused, and the
+    /// session is done.
+    #[tokio::test]
+    async fn a_peer_cannot_grow_the_receive_buffer_past_its_bound() {
+        let (mut ours, _theirs) = tokio::io::duplex(16);
+        let (server, _) = crate::tls::test_server(&[b"http/1.1"]);
+        let mut session = TlsSession {
+            io: &mut ours,
+            conn: UnbufferedServerConnection::new(Arc::new(server)).unwrap(),
+            incoming: vec![0; MAX_INCOMING],
+            plaintext: Vec::new(),
+            read: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            peer_closed: false,
+            eof: false,
+            close_sent: false,
+            failed: false,
+        };
+        let err = std::future::poll_fn(|cx| session.poll_receive(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        assert!(session.failed);
     }
 
     /// A key update the client asks for is answered and data keeps flowing.
