@@ -107,15 +107,6 @@ impl<S: std::fmt::Debug> std::fmt::Debug for TlsSession<S> {
     }
 }
 
-/// What rustls needs next.
-enum Next {
-    /// Bytes from the peer (the handshake is not done, or it is and every
-    /// complete record has been read).
-    Input,
-    /// Both sides have sent close_notify.
-    Closed,
-}
-
 /// What to ask of rustls once it may send application data.
 enum Outbound<'a> {
     Nothing,
@@ -137,25 +128,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    let mut session = TlsSession {
-        io,
-        conn,
-        incoming: Vec::new(),
-        plaintext: Vec::new(),
-        read: 0,
-        outgoing: Vec::new(),
-        sent: 0,
-        peer_closed: false,
-        eof: false,
-        close_sent: false,
-        failed: false,
-    };
+    let mut session = TlsSession::new(io, conn);
     loop {
         let processed = session.process(&mut Outbound::Nothing);
         // What rustls produced goes out first: its flight, or its alert.
-        std::future::poll_fn(|cx| session.poll_send(cx)).await?;
-        session.io.flush().await?;
+        let sent = match std::future::poll_fn(|cx| session.poll_send(cx)).await {
+            Ok(()) => session.io.flush().await,
+            Err(err) => Err(err),
+        };
+        // A TLS error is the reason, even when its alert could not be sent.
         processed?;
+        sent?;
         if !session.conn.is_handshaking() {
             return Ok(session);
         }
@@ -167,19 +150,36 @@ where
 }
 
 impl<S> TlsSession<S> {
+    fn new(io: S, conn: UnbufferedServerConnection) -> Self {
+        TlsSession {
+            io,
+            conn,
+            incoming: Vec::new(),
+            plaintext: Vec::new(),
+            read: 0,
+            outgoing: Vec::new(),
+            sent: 0,
+            peer_closed: false,
+            eof: false,
+            close_sent: false,
+            failed: false,
+        }
+    }
+
     /// What the handshake established (version, suite, ALPN, the client's
     /// certificates), for the identity check.
     pub fn state(&self) -> &CommonState {
         &self.conn
     }
 
-    /// Lets rustls process what has been received, and asks it for `send`
-    /// once it may send application data (`send` is then `Nothing`). Decrypted data is appended to
+    /// Lets rustls process what has been received, until it waits for the
+    /// socket, and asks it for `send` once it may send application data
+    /// (`send` is then `Nothing`). Decrypted data is appended to
     /// `plaintext`, and what rustls produces (handshake flights, alerts,
     /// tickets, key updates, `send`'s records) to `outgoing`.
     ///
     /// On a TLS error, rustls's alert for it is in `outgoing`.
-    fn process(&mut self, send: &mut Outbound<'_>) -> io::Result<Next> {
+    fn process(&mut self, send: &mut Outbound<'_>) -> io::Result<()> {
         if self.failed {
             return Err(failed());
         }
@@ -194,7 +194,7 @@ impl<S> TlsSession<S> {
         result
     }
 
-    fn process_inner(&mut self, send: &mut Outbound<'_>) -> io::Result<Next> {
+    fn process_inner(&mut self, send: &mut Outbound<'_>) -> io::Result<()> {
         loop {
             // Always `incoming`, less what rustls said to discard: its
             // handshake joiner keeps positions in it across calls.
@@ -207,14 +207,14 @@ impl<S> TlsSession<S> {
                 peer_closed: &mut self.peer_closed,
                 close_sent: &mut self.close_sent,
             };
-            let next = status
+            let waits = status
                 .state
                 .map_err(tls_error)
                 .and_then(|s| out.take(s, send));
             // Discarded whatever happened, before rustls is called again.
             self.incoming.drain(..discard + out.discard);
-            if let Some(next) = next? {
-                return Ok(next);
+            if waits? {
+                return Ok(());
             }
         }
     }
@@ -260,13 +260,14 @@ struct Produced<'s> {
 }
 
 impl Produced<'_> {
-    /// One state of rustls's: what it holds is taken; `Some` when rustls
-    /// waits for the socket.
+    /// One state of rustls's: what it holds is taken; `true` when rustls
+    /// waits for the socket (for bytes from the peer, or for nothing more:
+    /// both sides have closed).
     fn take<Data>(
         &mut self,
         state: ConnectionState<'_, '_, Data>,
         send: &mut Outbound<'_>,
-    ) -> io::Result<Option<Next>> {
+    ) -> io::Result<bool> {
         Ok(match state {
             ConnectionState::ReadTraffic(mut traffic) => {
                 while let Some(record) = traffic.next_record() {
@@ -274,25 +275,24 @@ impl Produced<'_> {
                     self.discard += record.discard;
                     self.plaintext.extend_from_slice(record.payload);
                 }
-                None
+                false
             }
             ConnectionState::EncodeTlsData(mut data) => {
                 encode_into(self.outgoing, 512, |out| data.encode(out))
                     .map_err(|err| io::Error::other(format!("TLS handshake record: {err}")))?;
-                None
+                false
             }
             // The records encoded above are in `outgoing`, ahead of anything
             // produced later, and are sent from there.
             ConnectionState::TransmitTlsData(transmit) => {
                 transmit.done();
-                None
+                false
             }
             ConnectionState::PeerClosed => {
                 *self.peer_closed = true;
-                None
+                false
             }
-            ConnectionState::Closed => Some(Next::Closed),
-            ConnectionState::BlockedHandshake => Some(Next::Input),
+            ConnectionState::Closed | ConnectionState::BlockedHandshake => true,
             ConnectionState::WriteTraffic(mut traffic) => {
                 match std::mem::replace(send, Outbound::Nothing) {
                     Outbound::Nothing => {}
@@ -308,7 +308,7 @@ impl Produced<'_> {
                         *self.close_sent = true;
                     }
                 }
-                Some(Next::Input)
+                true
             }
             // Early data is not enabled in the listeners' configs.
             ConnectionState::ReadEarlyData(_) => {
@@ -677,30 +677,64 @@ mod tests {
     use pingora_core::protocols::Stream;
     use tokio::io::{AsyncReadExt, DuplexStream};
 
-    /// A TLS 1.3 handshake over an in-memory pipe; the server side's stream
-    /// and the client's.
-    async fn handshake(
-        alpn: &[&[u8]],
-    ) -> (
-        TlsSession<DuplexStream>,
-        tokio_rustls::client::TlsStream<DuplexStream>,
-    ) {
-        let (server, roots) = crate::tls::test_server(&[b"h2", b"http/1.1"]);
-        let provider = crate::tls::install_crypto_provider();
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+    type Client = tokio_rustls::client::TlsStream<DuplexStream>;
+
+    /// A client of `test_server`'s certificate with no certificate of its
+    /// own, TLS 1.3 or `versions`.
+    fn client_config(
+        roots: rustls::RootCertStore,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
+        rustls::ClientConfig::builder_with_provider(crate::tls::install_crypto_provider())
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
-            .with_no_client_auth();
-        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+            .with_no_client_auth()
+    }
+
+    /// Both sides of a handshake over an in-memory pipe of `pipe` bytes; the
+    /// client runs `then` on its connection while the server finishes.
+    async fn connect<T, F: std::future::Future<Output = io::Result<T>>>(
+        server: rustls::ServerConfig,
+        client: rustls::ClientConfig,
+        pipe: usize,
+        then: impl FnOnce(Client) -> F,
+    ) -> (io::Result<TlsSession<DuplexStream>>, io::Result<T>) {
+        let (ours, theirs) = tokio::io::duplex(pipe);
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let (accepted, connected) = tokio::join!(
-            super::handshake(ours, Arc::new(server)),
-            connector.connect(name, theirs)
-        );
+        let client_side = async move { then(connector.connect(name, theirs).await?).await };
+        tokio::join!(super::handshake(ours, Arc::new(server)), client_side)
+    }
+
+    /// A TLS 1.3 handshake with ALPN `alpn`; the server side's session and
+    /// the client's stream.
+    async fn handshake(alpn: &[&[u8]]) -> (TlsSession<DuplexStream>, Client) {
+        let (server, roots) = crate::tls::test_server(&[b"h2", b"http/1.1"]);
+        let mut client = client_config(roots, &[&rustls::version::TLS13]);
+        client.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let (accepted, connected) = connect(server, client, 16 * 1024, |c| async { Ok(c) }).await;
         (accepted.unwrap(), connected.unwrap())
+    }
+
+    /// The client sends `ask`, the server reads it and answers `answer`,
+    /// then closes with close_notify, which ends the client's read cleanly.
+    async fn ask_then_close(
+        conn: &mut TlsConn<DuplexStream>,
+        client: &mut Client,
+        ask: &[u8],
+        answer: &[u8],
+    ) {
+        client.write_all(ask).await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = vec![0u8; ask.len()];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, ask);
+        conn.write_all(answer).await.unwrap();
+        Shutdown::shutdown(conn).await;
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, answer);
     }
 
     #[tokio::test]
@@ -753,16 +787,7 @@ mod tests {
         let (server, mut client) = handshake(&[b"h2", b"http/1.1"]).await;
         let mut conn = TlsConn::new(server, ConnIdentity::Anonymous, Instant::now());
         assert_eq!(conn.selected_alpn_proto(), Some(ALPN::H2));
-        client.write_all(b"ping").await.unwrap();
-        client.flush().await.unwrap();
-        let mut got = [0u8; 4];
-        conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"ping");
-        conn.write_all(b"pong").await.unwrap();
-        Shutdown::shutdown(&mut conn).await;
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"pong", "close_notify ends the client's read cleanly");
+        ask_then_close(&mut conn, &mut client, b"ping", b"pong").await;
     }
 
     /// A failed handshake tells the client why before it ends: here rustls's
@@ -783,24 +808,15 @@ mod tests {
             .unwrap()
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver);
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let client_side = async move {
-            // TLS 1.3: the client's handshake completes before the server
-            // has seen its (empty) certificate; the alert ends its first read.
-            let mut tls = connector.connect(name, theirs).await?;
+        let client = client_config(roots, &[&rustls::version::TLS13]);
+        // TLS 1.3: the client's handshake completes before the server has
+        // seen its (empty) certificate; the alert ends its first read.
+        let (accepted, connected) = connect(server, client, 16 * 1024, |mut tls| async move {
             tls.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
             let mut got = Vec::new();
             tls.read_to_end(&mut got).await.map(|_| got)
-        };
-        let (accepted, connected) =
-            tokio::join!(super::handshake(ours, Arc::new(server)), client_side);
+        })
+        .await;
         let err = accepted.expect_err("no client certificate");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
         let err = connected.expect_err("refused").to_string();
@@ -924,20 +940,9 @@ mod tests {
         // No session tickets: the handshake returns once they are sent, and
         // through a 37-byte pipe they wait for a client read.
         server.send_tls13_tickets = 0;
-        let provider = crate::tls::install_crypto_provider();
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut client = client_config(roots, &[&rustls::version::TLS13]);
         client.max_fragment_size = Some(64);
-        let (ours, theirs) = tokio::io::duplex(37);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let (accepted, connected) = tokio::join!(
-            super::handshake(ours, Arc::new(server)),
-            connector.connect(name, theirs)
-        );
+        let (accepted, connected) = connect(server, client, 37, |c| async { Ok(c) }).await;
         let mut conn = TlsConn::new(accepted.unwrap(), ConnIdentity::Anonymous, Instant::now());
         let mut client = connected.unwrap();
         let data = vec![9u8; 3000];
@@ -960,19 +965,9 @@ mod tests {
     async fn a_peer_cannot_grow_the_receive_buffer_past_its_bound() {
         let (mut ours, _theirs) = tokio::io::duplex(16);
         let (server, _) = crate::tls::test_server(&[b"http/1.1"]);
-        let mut session = TlsSession {
-            io: &mut ours,
-            conn: UnbufferedServerConnection::new(Arc::new(server)).unwrap(),
-            incoming: vec![0; MAX_INCOMING],
-            plaintext: Vec::new(),
-            read: 0,
-            outgoing: Vec::new(),
-            sent: 0,
-            peer_closed: false,
-            eof: false,
-            close_sent: false,
-            failed: false,
-        };
+        let conn = UnbufferedServerConnection::new(Arc::new(server)).unwrap();
+        let mut session = TlsSession::new(&mut ours, conn);
+        session.incoming = vec![0; MAX_INCOMING];
         let err = std::future::poll_fn(|cx| session.poll_receive(cx))
             .await
             .unwrap_err();
@@ -1018,32 +1013,12 @@ mod tests {
     #[tokio::test]
     async fn tls12_handshake_and_data() {
         let (server, roots) = crate::tls::test_server(&[b"http/1.1"]);
-        let provider = crate::tls::install_crypto_provider();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let (accepted, connected) = tokio::join!(
-            super::handshake(ours, Arc::new(server)),
-            connector.connect(name, theirs)
-        );
+        let client = client_config(roots, &[&rustls::version::TLS12]);
+        let (accepted, connected) = connect(server, client, 16 * 1024, |c| async { Ok(c) }).await;
         let mut conn = TlsConn::new(accepted.unwrap(), ConnIdentity::Anonymous, Instant::now());
         let mut client = connected.unwrap();
         assert_eq!(conn.get_ssl_digest().unwrap().version, "TLSv1_2");
-        client.write_all(b"twelve").await.unwrap();
-        client.flush().await.unwrap();
-        let mut got = [0u8; 6];
-        conn.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"twelve");
-        conn.write_all(b"ok").await.unwrap();
-        Shutdown::shutdown(&mut conn).await;
-        let mut back = Vec::new();
-        client.read_to_end(&mut back).await.unwrap();
-        assert_eq!(back, b"ok");
+        ask_then_close(&mut conn, &mut client, b"twelve", b"ok").await;
     }
 
     /// What an idle connection keeps: rustls's connection, the socket and a
