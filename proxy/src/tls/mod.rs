@@ -30,7 +30,8 @@ pub struct Termination {
 /// the resolver refuse 1.2 where the listener does not allow it, so the
 /// refusal is counted with its reason), the client-certificate verifier,
 /// the serving-certificate resolver, ALPN h2 then http/1.1 — what pingora's
-/// `TlsSettings` built, without the pingora handshake around it.
+/// `TlsSettings` built, without the pingora handshake around it — and one
+/// session ticket per full handshake.
 pub fn server_config(
     provider: &Arc<rustls::crypto::CryptoProvider>,
     verifier: Arc<dyn ClientCertVerifier>,
@@ -42,6 +43,13 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // One TLS 1.3 ticket per full handshake, not rustls's default two: each is
+    // encoded, stored in the session cache and sent. An agent reconnecting
+    // one connection at a time always holds the ticket of its last one; a
+    // burst of parallel new connections resumes fewer of them. CPU per new
+    // connection −5 % (`zen-bench handshake -c 8 -d 6`, 4 alternating runs
+    // each: medians 298 vs 315 µs).
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 
