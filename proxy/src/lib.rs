@@ -22,3 +22,4 @@ mod downstream;
 mod forward;
 mod reload;
 mod service;
+mod unsent;

@@ -378,16 +378,7 @@ impl AsInsufficient for EncryptError {
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsSession<S> {
     /// Writes `outgoing` to the socket, then frees it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.outgoing.len() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing[self.sent..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.sent += n,
-                Err(err) => return Poll::Ready(Err(err)),
-            }
-        }
-        self.outgoing = Vec::new();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
+        crate::unsent::poll_send(&mut self.io, &mut self.outgoing, &mut self.sent, cx)
     }
 
     /// One read from the socket onto the end of `incoming`; sets `eof`.
