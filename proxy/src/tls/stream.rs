@@ -123,6 +123,13 @@ fn tls_error(err: rustls::Error) -> io::Error {
 /// done (the caller bounds it in time). A failed handshake sends rustls's
 /// alert (e.g. `certificate_required`, which tells a client without a
 /// certificate what is wrong) before it returns the error.
+///
+/// What a TLS 1.3 handshake produces last, once the client's Finished is in,
+/// is the session ticket, which the client does not wait for: it is written
+/// to `io` but not flushed, so that a buffered `io` (accept.rs) sends it in
+/// one segment with the first response instead of a send of its own. Every
+/// other flight is flushed: the peer waits for it (in TLS 1.2 the server's
+/// Finished comes last).
 pub async fn handshake<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsSession<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -131,8 +138,12 @@ where
     let mut session = TlsSession::new(io, conn);
     loop {
         let processed = session.process(&mut Outbound::Nothing);
+        let tickets_only = processed.is_ok()
+            && !session.conn.is_handshaking()
+            && session.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         // What rustls produced goes out first: its flight, or its alert.
         let sent = match std::future::poll_fn(|cx| session.poll_send(cx)).await {
+            Ok(()) if tickets_only => Ok(()),
             Ok(()) => session.io.flush().await,
             Err(err) => Err(err),
         };
@@ -1010,6 +1021,75 @@ mod tests {
         let mut client = connected.unwrap();
         assert_eq!(conn.get_ssl_digest().unwrap().version, "TLSv1_2");
         ask_then_close(&mut conn, &mut client, b"twelve", b"ok").await;
+    }
+
+    /// Both sides of a handshake where the server writes through a buffer
+    /// that sends only on flush (as accept.rs's socket does), bounded in
+    /// time: a flight the handshake left unflushed that the client waits
+    /// for shows as a timeout.
+    async fn buffered_handshake(
+        server: &Arc<rustls::ServerConfig>,
+        client: &Arc<rustls::ClientConfig>,
+    ) -> (TlsSession<tokio::io::BufWriter<DuplexStream>>, Client) {
+        let (ours, theirs) = tokio::io::duplex(16 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let both = async {
+            tokio::join!(
+                super::handshake(tokio::io::BufWriter::new(ours), server.clone()),
+                connector.connect(name, theirs)
+            )
+        };
+        let (accepted, connected) = tokio::time::timeout(Duration::from_secs(10), both)
+            .await
+            .expect("the handshake completes");
+        (accepted.unwrap(), connected.unwrap())
+    }
+
+    /// TLS 1.3: the session ticket, which the client does not wait for, is
+    /// left in the socket's buffer and goes out with the first response; the
+    /// client has it then (its next connection resumes).
+    #[tokio::test]
+    async fn a_tls13_ticket_goes_out_with_the_first_response() {
+        let (server, roots) = crate::tls::test_server(&[b"http/1.1"]);
+        let server = Arc::new(server);
+        let client = Arc::new(client_config(roots, &[&rustls::version::TLS13]));
+        let (session, mut tls) = buffered_handshake(&server, &client).await;
+        assert!(
+            !session.io.buffer().is_empty(),
+            "the ticket waits for the first response"
+        );
+        let mut conn = TlsConn::new(session, ConnIdentity::Anonymous, Instant::now());
+        tls.write_all(b"ask").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut got = [0u8; 3];
+        conn.read_exact(&mut got).await.unwrap();
+        conn.write_all(b"answer").await.unwrap();
+        conn.flush().await.unwrap();
+        assert!(conn.tls.io.buffer().is_empty());
+        let mut back = [0u8; 6];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"answer");
+        assert_eq!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Full)
+        );
+        let (_, again) = buffered_handshake(&server, &client).await;
+        assert_eq!(
+            again.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "the client got the ticket with the response"
+        );
+    }
+
+    /// TLS 1.2: the server's Finished comes last and the client waits for
+    /// it, so the handshake flushes it.
+    #[tokio::test]
+    async fn a_tls12_handshake_flushes_its_last_flight() {
+        let (server, roots) = crate::tls::test_server(&[b"http/1.1"]);
+        let client = client_config(roots, &[&rustls::version::TLS12]);
+        let (session, _tls) = buffered_handshake(&Arc::new(server), &Arc::new(client)).await;
+        assert!(session.io.buffer().is_empty());
     }
 
     /// What an idle connection keeps: rustls's connection, the socket and a
