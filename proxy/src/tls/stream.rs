@@ -127,9 +127,9 @@ fn tls_error(err: rustls::Error) -> io::Error {
 /// What a TLS 1.3 handshake produces last, once the client's Finished is in,
 /// is the session ticket, which the client does not wait for: it is written
 /// to `io` but not flushed, so that a buffered `io` (accept.rs) sends it in
-/// one segment with the first response instead of a send of its own. Every
-/// other flight is flushed: the peer waits for it (in TLS 1.2 the server's
-/// Finished comes last).
+/// one segment with the first response instead of a send of its own (until
+/// then, or the close, that buffer is held). Every other flight is flushed:
+/// the peer waits for it (in TLS 1.2 the server's Finished comes last).
 pub async fn handshake<S>(io: S, config: Arc<ServerConfig>) -> io::Result<TlsSession<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
