@@ -702,11 +702,26 @@ mod tests {
         pipe: usize,
         then: impl FnOnce(Client) -> F,
     ) -> (io::Result<TlsSession<DuplexStream>>, io::Result<T>) {
+        connect_over(|io| io, Arc::new(server), Arc::new(client), pipe, then).await
+    }
+
+    /// [`connect`] with the server's end of the pipe wrapped by `wrap`.
+    async fn connect_over<W, T, F>(
+        wrap: impl FnOnce(DuplexStream) -> W,
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        pipe: usize,
+        then: impl FnOnce(Client) -> F,
+    ) -> (io::Result<TlsSession<W>>, io::Result<T>)
+    where
+        W: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future<Output = io::Result<T>>,
+    {
         let (ours, theirs) = tokio::io::duplex(pipe);
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let connector = tokio_rustls::TlsConnector::from(client);
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let client_side = async move { then(connector.connect(name, theirs).await?).await };
-        tokio::join!(super::handshake(ours, Arc::new(server)), client_side)
+        tokio::join!(super::handshake(wrap(ours), server), client_side)
     }
 
     /// A TLS 1.3 handshake with ALPN `alpn`; the server side's session and
@@ -1031,15 +1046,13 @@ mod tests {
         server: &Arc<rustls::ServerConfig>,
         client: &Arc<rustls::ClientConfig>,
     ) -> (TlsSession<tokio::io::BufWriter<DuplexStream>>, Client) {
-        let (ours, theirs) = tokio::io::duplex(16 * 1024);
-        let connector = tokio_rustls::TlsConnector::from(client.clone());
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let both = async {
-            tokio::join!(
-                super::handshake(tokio::io::BufWriter::new(ours), server.clone()),
-                connector.connect(name, theirs)
-            )
-        };
+        let both = connect_over(
+            tokio::io::BufWriter::new,
+            server.clone(),
+            client.clone(),
+            16 * 1024,
+            |c| async { Ok(c) },
+        );
         let (accepted, connected) = tokio::time::timeout(Duration::from_secs(10), both)
             .await
             .expect("the handshake completes");
