@@ -16,7 +16,8 @@ use pool::Pool;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Uri;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1::client::HttpSession as Http1Session;
@@ -253,19 +254,17 @@ fn idempotent_method(m: &http::Method) -> bool {
 /// The request the upstream sees: client-supplied identity headers removed,
 /// the proxy's own added, hop-by-hop fields dropped, framing from the body
 /// actually held.
+///
+/// Built as `http::request::Parts` and converted once, not through
+/// `RequestHeader`'s header methods: those turn every name into a title-case
+/// copy and parse it back (two allocations and a parse per custom header, even
+/// without a case map), and `build_no_case` parses the path again. The names
+/// and values here are already parsed; cloning them shares their bytes.
 pub fn upstream_request(
     orig: &RequestHeader,
     admitted: &Admitted,
     peer: Option<&PeerIdentity>,
 ) -> RequestHeader {
-    let path_and_query = orig.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut req = RequestHeader::build_no_case(
-        orig.method.clone(),
-        path_and_query.as_bytes(),
-        Some(orig.headers.len() + 4),
-    )
-    .expect("method and path come from a parsed request");
-    let authority = orig.uri.authority().map(|a| a.as_str().to_string());
     let connection_named: Vec<String> = orig
         .headers
         .get_all(header::CONNECTION)
@@ -273,6 +272,7 @@ pub fn upstream_request(
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
+    let mut headers = HeaderMap::with_capacity(orig.headers.len() + 4);
     for (name, value) in orig.headers.iter() {
         let n = name.as_str();
         if n.starts_with("x-zen-")
@@ -285,33 +285,49 @@ pub fn upstream_request(
         {
             continue;
         }
-        // Case-preserving map is not needed upstream; lowercase names are valid HTTP/1.1.
-        let _ = req.append_header(name.clone(), value.clone());
+        // No case map: lowercase names are valid HTTP/1.1 (RFC 9110 §5.1).
+        headers.append(name.clone(), value.clone());
     }
-    if req.headers.get(header::HOST).is_none() {
-        if let Some(a) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            let _ = req.insert_header(header::HOST, a);
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = orig
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, a);
         }
     }
     if !admitted.body.is_empty()
         || orig.headers.contains_key(header::CONTENT_LENGTH)
         || orig.headers.contains_key(header::TRANSFER_ENCODING)
     {
-        let _ = req.insert_header(header::CONTENT_LENGTH, admitted.body.len().to_string());
+        headers.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(admitted.body.len()),
+        );
     }
     if let Some(p) = peer {
-        let _ = req.insert_header(
+        headers.insert(
             HeaderName::from_static(X_ZEN_SPIFFE_ID),
             p.spiffe_header.clone(),
         );
-        let _ = req.insert_header(HeaderName::from_static(XFCC), p.xfcc.clone());
+        headers.insert(HeaderName::from_static(XFCC), p.xfcc.clone());
     }
     if let Some(k) = admitted
         .key_id
         .as_deref()
         .and_then(|k| HeaderValue::from_str(k).ok())
     {
-        let _ = req.insert_header(HeaderName::from_static(X_ZEN_KEY_ID), k);
+        headers.insert(HeaderName::from_static(X_ZEN_KEY_ID), k);
     }
-    req
+    // Origin-form target whatever the client sent (an HTTP/2 request's URI
+    // is absolute); HTTP/1.1, the only protocol spoken upstream.
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = orig.method.clone();
+    parts.uri = orig
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+    parts.headers = headers;
+    RequestHeader::from(parts)
 }

@@ -52,6 +52,39 @@ async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped()
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_and_connection_named_headers_stay_at_the_proxy() {
+    let env = Env::start().await;
+    let req = Req::get("/agent/v1/clusters/c1/desired-state")
+        .header("Connection", "keep-alive, X-Hop-Only")
+        .header("X-Hop-Only", "1")
+        .header("Keep-Alive", "timeout=5")
+        .header("Proxy-Connection", "keep-alive")
+        .header("X-End-To-End", "2")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+
+    let got = env.upstream.requests();
+    assert_eq!(got.len(), 1);
+    let r = &got[0];
+    for dropped in ["x-hop-only", "keep-alive", "proxy-connection"] {
+        assert!(
+            r.header(dropped).is_none(),
+            "{dropped} reached the upstream"
+        );
+    }
+    // The proxy's own connection header, if any, names nothing of the client's.
+    assert!(r
+        .headers_named("connection")
+        .iter()
+        .all(|v| !v.to_ascii_lowercase().contains("x-hop-only")));
+    assert_eq!(r.headers_named("x-end-to-end"), vec!["2"]);
+    assert_eq!(r.header("host"), Some("localhost"));
+    // A GET without a body gets no framing header of its own.
+    assert!(r.header("content-length").is_none());
+}
+
 async fn post_body_of(env: &Env, size: usize) {
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let req = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);
