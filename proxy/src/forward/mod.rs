@@ -265,13 +265,16 @@ pub fn upstream_request(
     admitted: &Admitted,
     peer: Option<&PeerIdentity>,
 ) -> RequestHeader {
-    let connection_named: Vec<String> = orig
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
+    // The fields the client's Connection header names (RFC 9110 §7.6.1),
+    // compared without regard to case: nothing is lowercased or collected.
+    let connection = orig.headers.get_all(header::CONNECTION);
+    let connection_names = || {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
     // Bounded: pingora parses at most 256 HTTP/1 header fields and a 64 KiB
     // HTTP/2 header list (≤ 2,048 fields), far below the 24,576 entries at
     // which `HeaderMap::append` would panic.
@@ -284,7 +287,7 @@ pub fn upstream_request(
             // The whole body is already here; the upstream must not wait for a go-ahead.
             || n == "expect"
             || HOP_BY_HOP.contains(&n)
-            || connection_named.iter().any(|c| c == n)
+            || connection_names().any(|c| c.eq_ignore_ascii_case(n))
         {
             continue;
         }
