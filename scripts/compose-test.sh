@@ -30,8 +30,14 @@ fi
 export ZEN_IMAGE="${ZEN_IMAGE:-zen-mesh:local}"
 scripts/docker-image.sh "$profile"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-export ZEN_AGENT_PORT=$(free_port) ZEN_BOOTSTRAP_PORT=$(free_port) ZEN_ADMIN_PORT=$(free_port)
+# Three distinct free host ports: all three sockets are held until all three are picked, so the
+# kernel cannot hand the same port out twice.
+read -r ZEN_AGENT_PORT ZEN_BOOTSTRAP_PORT ZEN_ADMIN_PORT < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+export ZEN_AGENT_PORT ZEN_BOOTSTRAP_PORT ZEN_ADMIN_PORT
 project="zen-ct-$$"
 work=$(mktemp -d /tmp/zen-compose-test.XXXXXX)
 compose() { "${compose_cmd[@]}" -p "$project" -f docker-compose.yml "$@"; }

@@ -13,12 +13,13 @@
 //!    artifact message (right profile and target dir, whatever they are).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use zen_e2e::free_port;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_zen-bench");
 
@@ -100,13 +101,6 @@ fn cargo_build_zen_proxy() -> PathBuf {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "zen-proxy")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
         .expect("cargo reported no zen-proxy executable")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 fn bench(args: &[&str]) -> Value {

@@ -1,12 +1,14 @@
 //! Harness for end-to-end tests: finds the workspace's built binaries, hands out free loopback ports,
 //! and runs child processes that are killed (and their logs shown) when the test ends.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+mod ports;
+pub use ports::free_port;
 
 /// Path of a workspace binary built next to this test (`target/<profile>/NAME`).
 /// `make test` builds the binaries before running the tests.
@@ -25,14 +27,6 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(path)
-}
-
-/// A free TCP port on 127.0.0.1 (bound then released; the window for a race is tiny in tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
 }
 
 /// A child process that is killed when dropped; its stdout+stderr go to a log file that is printed

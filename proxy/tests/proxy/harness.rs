@@ -69,13 +69,9 @@ pub struct Env {
     pub anon_cfg: Arc<ClientConfig>,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A port for the proxy to bind, from outside the kernel's ephemeral range and never handed out
+/// twice in this test process (zen-e2e's allocator says why).
+pub use zen_e2e::free_port;
 
 pub fn key_entry(
     key_id: &str,

@@ -63,10 +63,10 @@ impl Upstream {
         Upstream { addr, log, task }
     }
 
-    /// An address where nothing listens (for upstream_unavailable).
+    /// An address where nothing listens (for upstream_unavailable): a port that no other test of
+    /// this process is given, so no proxy or upstream of a concurrent test comes to life on it.
     pub async fn dead_addr() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
+        SocketAddr::from(([127, 0, 0, 1], zen_e2e::free_port()))
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
