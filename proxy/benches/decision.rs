@@ -151,32 +151,22 @@ impl Bench {
         // verifier checks the client SVID against the bundle, then the XFCC and SPIFFE header
         // values are built once.
         let (peer_cert, _) = leaf(&ca, PEER, 0x0123_4567_89ab_cdef);
-        let verifier = SpiffeClientVerifier::new(
+        let verifier = Arc::new(SpiffeClientVerifier::new(
             state.bundles.clone(),
             true,
             false,
             "agent",
             metrics,
             provider,
-        );
-        let svid = verifier
-            .check(
-                peer_cert.der(),
-                &[],
+        ));
+        let peer = ConnIdentity::Peer(
+            PeerIdentity::verify(
+                &verifier,
+                &[peer_cert.der().clone()],
                 rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(START as u64)),
             )
-            .expect("the client SVID verifies");
-        let peer = ConnIdentity::Peer(PeerIdentity {
-            xfcc: HeaderValue::from_str(&format!(
-                "Hash={};URI={}",
-                svid.der_sha256_hex(),
-                svid.spiffe_id.as_str()
-            ))
-            .unwrap(),
-            spiffe_header: HeaderValue::from_str(svid.spiffe_id.as_str()).unwrap(),
-            spiffe_id: svid.spiffe_id,
-            serial_hex: svid.serial_hex,
-        });
+            .expect("the client SVID verifies"),
+        );
         Bench {
             state,
             policy,

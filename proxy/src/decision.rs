@@ -1,6 +1,9 @@
 //! The request decision, in one place and in phase order:
-//! identity → route → SPIFFE rule → body (bounded) → signature → replay →
-//! key owner == peer → revocation. Anything not admitted is a `Refusal`.
+//! identity (still valid now) → route → SPIFFE rule → body (bounded) →
+//! signature → key owner == peer → revocation → replay. Anything not admitted
+//! is a `Refusal`. Replay comes last, after owner and revocation (issue 3
+//! listed it before them), because it is the only check that writes: only an
+//! otherwise admissible request may spend a nonce.
 
 use std::sync::Arc;
 
@@ -79,6 +82,9 @@ pub async fn decide(
 ) -> Result<Admitted, Refusal> {
     // 1. Identity, established once at handshake completion.
     let peer: Option<&PeerIdentity> = match conn {
+        // A connection outlives its handshake: its chain must still be valid now, and still
+        // trusted by the bundles as they are now. If not, refused; the refusal closes it.
+        Some(ConnIdentity::Peer(p)) if !p.holds(now) => return Err(Refusal::ClientCertRequired),
         Some(ConnIdentity::Peer(p)) => Some(p),
         Some(ConnIdentity::Refused(r)) => return Err(r.clone()),
         // No identity carried with the connection (tls/stream.rs) means none
@@ -117,31 +123,33 @@ pub async fn decide(
     // 4. Body, read whole and bounded before any upstream is chosen.
     let body = read_bounded(body, req.content_length, route.max_body_bytes).await?;
 
-    // 5–7. Signature, replay, key owner.
-    let mut key_id = None;
-    if route.hmac == Hmac::Required {
-        let keys = state.keys.load();
-        let parts = RequestParts {
-            method: req.method,
-            authority: req.authority,
-            path: req.path,
-            query: req.query,
-            headers: req.headers,
-        };
-        let body_ref = (!body.is_empty()).then_some(&body[..]);
-        let verified = signature::verify(policy, &parts, body_ref, &**keys, now)?;
-        // (The entries gauge is set when /metrics is scraped, not per request.)
-        state
-            .replay
-            .insert(verified.key_id(), &verified.nonce, verified.age_out, now)?;
+    // 5. Signature.
+    let keys = (route.hmac == Hmac::Required).then(|| state.keys.load());
+    let verified = match &keys {
+        Some(keys) => {
+            let parts = RequestParts {
+                method: req.method,
+                authority: req.authority,
+                path: req.path,
+                query: req.query,
+                headers: req.headers,
+            };
+            let body_ref = (!body.is_empty()).then_some(&body[..]);
+            Some(signature::verify(policy, &parts, body_ref, &***keys, now)?)
+        }
+        None => None,
+    };
+
+    // 6. Key owner == peer.
+    if let Some(v) = &verified {
         match peer {
-            Some(p) if verified.key.owner() == &p.spiffe_id => {}
+            Some(p) if v.key.owner() == &p.spiffe_id => {}
             Some(p) => {
                 return Err(Refusal::IdentityMismatch {
                     detail: format!(
                         "key {:?} belongs to {}, not to the client certificate's {}",
-                        verified.key_id(),
-                        verified.key.owner(),
+                        v.key_id(),
+                        v.key.owner(),
                         p.spiffe_id
                     ),
                 })
@@ -149,10 +157,9 @@ pub async fn decide(
             // hmac routes live on the agent listener, where a peer is mandatory.
             None => return Err(Refusal::ClientCertRequired),
         }
-        key_id = Some(verified.key_id().to_string());
     }
 
-    // 8. Revocation.
+    // 7. Revocation.
     if let Some(p) = peer {
         if state
             .revocations
@@ -161,6 +168,17 @@ pub async fn decide(
         {
             return Err(Refusal::IdentityRevoked);
         }
+    }
+
+    // 8. Replay, last: the cache is written only for a request that passed every other check,
+    // so a peer holding another agent's signed request cannot spend its nonce, and a revoked or
+    // mismatched peer cannot fill the cache. (The entries gauge is set when /metrics is scraped.)
+    let mut key_id = None;
+    if let Some(v) = &verified {
+        state
+            .replay
+            .insert_token(v.key_id(), v.replay_token(), v.age_out, now)?;
+        key_id = Some(v.key_id().to_string());
     }
 
     Ok(Admitted {

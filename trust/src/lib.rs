@@ -14,7 +14,7 @@ pub use keys::{
     EnrollmentBundle, HmacKeyFile, KeyEntry, KeySet, KeySetEntry, KeySetError, KeySetFile,
     KeyStatus, ProxyState,
 };
-pub use replay::{ReplayCache, ReplayError};
+pub use replay::{ReplayCache, ReplayError, ReplayToken};
 pub use secret::{Secret, SecretError};
 pub use signature::{SignatureError, VerifyPolicy};
 pub use spiffe::{SpiffeId, SpiffeIdError, TrustDomain};

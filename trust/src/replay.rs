@@ -1,4 +1,8 @@
 //! Replay cache: remembers `(keyid, nonce)` until the signature ages out.
+//! A signature without a nonce (allowed only when the policy does not
+//! require one) is remembered by its signature bytes instead, in a namespace
+//! of its own: the same signed bytes are refused again, while other requests
+//! under that key are not mistaken for replays of it.
 //!
 //! Sharded (short per-shard critical sections), bounded (a global count of
 //! granted slots, handed to shards in small batches so the shared counter is
@@ -20,6 +24,16 @@ use parking_lot::Mutex;
 use crate::time::UnixTime;
 
 const SHARDS: usize = 64;
+
+/// What a signature is remembered by, under its key id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplayToken<'a> {
+    /// The signature's `nonce` parameter.
+    Nonce(&'a str),
+    /// The signature itself, when it carries no nonce. Hashed with its own
+    /// discriminant, so it can never equal a nonce.
+    Signature(&'a [u8; 32]),
+}
 
 /// Why an insert was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -169,9 +183,9 @@ impl ReplayCache {
         }
     }
 
-    fn hash(&self, key_id: &str, nonce: &str) -> u64 {
-        // Hashing the tuple delimits the two strings ("ab","c" ≠ "a","bc").
-        self.hasher.hash_one((key_id, nonce))
+    fn hash(&self, key_id: &str, token: ReplayToken<'_>) -> u64 {
+        // Hashing the tuple delimits the two parts ("ab","c" ≠ "a","bc").
+        self.hasher.hash_one((key_id, token))
     }
 
     /// Takes up to `want` slots from the global count; returns how many.
@@ -207,7 +221,18 @@ impl ReplayCache {
         age_out: UnixTime,
         now: UnixTime,
     ) -> Result<(), ReplayError> {
-        let h = self.hash(key_id, nonce);
+        self.insert_token(key_id, ReplayToken::Nonce(nonce), age_out, now)
+    }
+
+    /// [`ReplayCache::insert`] for any [`ReplayToken`].
+    pub fn insert_token(
+        &self,
+        key_id: &str,
+        token: ReplayToken<'_>,
+        age_out: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), ReplayError> {
+        let h = self.hash(key_id, token);
         // Bits 40..46: not the low bits hashbrown indexes a shard's table with,
         // nor the top 7 it keeps as tag bytes (both would cluster per shard).
         let shard_idx = ((h >> 40) as usize) % SHARDS;
@@ -289,6 +314,25 @@ mod tests {
         c.insert("k", "n1", UnixTime(1601), UnixTime(1301)).unwrap();
         c.purge_expired(UnixTime(1301));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_signature_token_is_its_own_namespace() {
+        let c = ReplayCache::new(10);
+        let (s1, s2) = ([1u8; 32], [2u8; 32]);
+        let t = UnixTime(0);
+        c.insert_token("k", ReplayToken::Signature(&s1), UnixTime(10), t)
+            .unwrap();
+        assert_eq!(
+            c.insert_token("k", ReplayToken::Signature(&s1), UnixTime(10), t),
+            Err(ReplayError::Replay)
+        );
+        // Another signature under the same key is not a replay of the first.
+        c.insert_token("k", ReplayToken::Signature(&s2), UnixTime(10), t)
+            .unwrap();
+        // Nor is a nonce made of the same bytes.
+        let same_bytes = std::str::from_utf8(&s1).unwrap();
+        c.insert("k", same_bytes, UnixTime(10), t).unwrap();
     }
 
     #[test]

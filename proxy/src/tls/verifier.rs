@@ -120,7 +120,7 @@ impl TrustBundles {
 /// (each prefixed by its length, so no two chains share an input), an entry holds only for the
 /// bundle generation it was verified against, and it holds only while the clock is inside the
 /// validity window of every certificate in the chain (webpki checks each one's window). A chain
-/// whose intermediates cannot be parsed for their windows is not remembered. The client's proof
+/// whose intermediates cannot be parsed for their windows is refused. The client's proof
 /// of key possession (CertificateVerify) is checked by rustls on every handshake regardless.
 #[derive(Debug, Default)]
 struct VerifiedChains {
@@ -140,11 +140,14 @@ struct Verified {
 const VERIFIED_CHAINS_MAX: usize = 8192;
 
 impl VerifiedChains {
-    fn get(&self, key: &[u8; 32], generation: u64, now: i64) -> Option<zen_trust::SvidLeaf> {
+    fn get(&self, key: &[u8; 32], generation: u64, now: i64) -> Option<Checked> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let v = map.get(key)?;
-        (v.generation == generation && v.not_before <= now && now <= v.not_after)
-            .then(|| v.leaf.clone())
+        (v.generation == generation && v.not_before <= now && now <= v.not_after).then(|| Checked {
+            leaf: v.leaf.clone(),
+            generation,
+            not_after: v.not_after,
+        })
     }
 
     fn insert(&self, key: [u8; 32], verified: Verified) {
@@ -168,7 +171,8 @@ fn chain_key(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_
 }
 
 /// The span in which every certificate of the chain is valid, or `None` if an intermediate's
-/// validity cannot be read (the chain is then not remembered).
+/// validity cannot be read (the chain is then refused: without the span, a connection could not
+/// be held to it).
 fn chain_window(
     leaf: &zen_trust::SvidLeaf,
     intermediates: &[CertificateDer<'_>],
@@ -181,6 +185,16 @@ fn chain_window(
         until = until.min(validity.not_after.timestamp());
     }
     Some((from, until))
+}
+
+/// A chain [`SpiffeClientVerifier::check`] accepted, and how long that verdict holds.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub leaf: zen_trust::SvidLeaf,
+    /// The bundle generation it was verified against: the verdict says nothing about another.
+    pub generation: u64,
+    /// Unix seconds: the earliest `notAfter` in the chain. The verdict ends after it.
+    pub not_after: i64,
 }
 
 #[derive(Debug)]
@@ -227,7 +241,7 @@ impl SpiffeClientVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<zen_trust::SvidLeaf, (&'static str, rustls::Error)> {
+    ) -> Result<Checked, (&'static str, rustls::Error)> {
         let bundles = self.bundles.load();
         let unix_now = now.as_secs() as i64;
         let cache_key = chain_key(end_entity, intermediates);
@@ -254,18 +268,32 @@ impl SpiffeClientVerifier {
             None,
         )
         .map_err(|e| ("chain_invalid", webpki_to_rustls(e)))?;
-        if let Some((not_before, not_after)) = chain_window(&leaf, intermediates) {
-            self.verified.insert(
-                cache_key,
-                Verified {
-                    generation: bundles.generation,
-                    leaf: leaf.clone(),
-                    not_before,
-                    not_after,
-                },
-            );
-        }
-        Ok(leaf)
+        let Some((not_before, not_after)) = chain_window(&leaf, intermediates) else {
+            return Err((
+                "bad_certificate",
+                rustls::Error::InvalidCertificate(CertificateError::BadEncoding),
+            ));
+        };
+        self.verified.insert(
+            cache_key,
+            Verified {
+                generation: bundles.generation,
+                leaf: leaf.clone(),
+                not_before,
+                not_after,
+            },
+        );
+        Ok(Checked {
+            leaf,
+            generation: bundles.generation,
+            not_after,
+        })
+    }
+
+    /// The generation of the trust bundles as they are now; a [`Checked`] of another generation
+    /// must be checked again.
+    pub fn generation(&self) -> u64 {
+        self.bundles.load().generation
     }
 
     fn reject(&self, result: &'static str, err: rustls::Error) -> rustls::Error {

@@ -25,6 +25,8 @@ pub struct LeafOpts {
     pub dns: Vec<String>,
     pub ips: Vec<std::net::IpAddr>,
     pub serial: Option<u64>,
+    /// Valid from an hour ago until this long from now (instead of 2024-2035).
+    pub valid_for: Option<std::time::Duration>,
 }
 
 impl Ca {
@@ -79,7 +81,11 @@ impl Ca {
                 ExtendedKeyUsagePurpose::ServerAuth,
             ];
         }
-        if o.expired {
+        if let Some(d) = o.valid_for {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::hours(1);
+            p.not_after = now + d;
+        } else if o.expired {
             p.not_before = rcgen::date_time_ymd(2020, 1, 1);
             p.not_after = rcgen::date_time_ymd(2021, 1, 1);
         } else {

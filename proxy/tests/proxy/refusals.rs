@@ -353,3 +353,66 @@ async fn bootstrap_require_spiffe_needs_a_client_cert() {
         .unwrap();
     assert_eq!(resp.status, 200);
 }
+
+/// A keep-alive connection outlives its handshake: once its certificate has expired, the next
+/// request on it is refused and the connection closed, so an agent cannot keep (or renew) an
+/// identity on a connection opened while its SVID was valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_connection_is_refused_once_its_certificate_expires() {
+    let env = Env::start().await;
+    let short = env.ca.leaf(
+        A1,
+        LeafOpts {
+            valid_for: Some(std::time::Duration::from_secs(2)),
+            ..LeafOpts::default()
+        },
+    );
+    let cfg = client_config(&env.ca.pem(), Some(&short), false);
+    let mut conn = super::client::Conn::connect(env.agent_addr, cfg)
+        .await
+        .unwrap();
+    let req =
+        || Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(conn.send(&req()).await.unwrap().status, 200);
+    let forwarded = env.upstream.requests().len();
+
+    // notAfter has whole-second precision and is inclusive: 3.5 s is past it.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let before = env.refusals("client_cert_required").await;
+    let resp = conn.send(&req()).await.unwrap();
+    assert_eq!(
+        (resp.status, resp.error_code()),
+        (401, "client_cert_required".to_owned()),
+        "{resp:?}"
+    );
+    assert_eq!(env.refusals("client_cert_required").await, before + 1.0);
+    assert_eq!(
+        env.upstream.requests().len(),
+        forwarded,
+        "a refused request reached the upstream"
+    );
+    assert!(conn.closed_by_peer(std::time::Duration::from_secs(2)).await);
+}
+
+/// The replay cache is written last: a peer that got hold of another agent's signed request
+/// and sends it on its own connection is refused as `identity_mismatch` without spending the
+/// nonce, so the owner's own request still goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mismatched_peer_cannot_spend_another_agents_nonce() {
+    let env = Env::start().await;
+    let req =
+        Req::post("/agent/v1/heartbeat", b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    env.assert_refused(
+        env.b2.cfg.clone(),
+        env.agent_addr,
+        &req,
+        403,
+        "identity_mismatch",
+    )
+    .await;
+    assert_eq!(env.agent(&env.a1, &req).await.unwrap().status, 200);
+    // And once spent by its owner, it is a replay.
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.error_code(), "replay");
+    assert_eq!(env.upstream.requests().len(), 1);
+}

@@ -408,3 +408,44 @@ async fn a_ca_removed_from_the_bundle_is_refused_on_a_resumed_session() {
         "a refused request reached the upstream"
     );
 }
+
+/// A live connection is held to the bundles as they are now, not as they were at its
+/// handshake: a reload that keeps its CA keeps it serving; once its CA leaves the bundle, its
+/// next request is refused and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_connection_is_refused_once_its_ca_leaves_the_bundle() {
+    let env = Env::start().await;
+    let new_ca = super::pki::Ca::new("zen.local");
+    let leaf = new_ca.leaf(A1, LeafOpts::default());
+    let cfg = super::client::client_config(&env.ca.pem(), Some(&leaf), false);
+    let req = || Req::post(HB, b"{}".to_vec()).signed(&env.a1.key_id, &env.a1.secret);
+    let reloads = "zen_proxy_reloads_total{result=\"ok\",what=\"trust_bundles\"}";
+    let bundle_path = env.dir.path().join("bundle.pem");
+
+    let both = format!("{}{}", env.ca.pem(), new_ca.pem());
+    write_atomic(&bundle_path, both.as_bytes());
+    wait_metric(&env, reloads, 1.0).await;
+    let mut conn = Conn::connect(env.agent_addr, cfg).await.unwrap();
+    assert_eq!(conn.send(&req()).await.unwrap().status, 200);
+
+    // The same CAs, loaded again: a new generation, the chain verifies again, still served.
+    write_atomic(&bundle_path, format!("{both}\n").as_bytes());
+    wait_metric(&env, reloads, 2.0).await;
+    assert_eq!(conn.send(&req()).await.unwrap().status, 200);
+
+    // The connection's CA leaves the bundle.
+    write_atomic(&bundle_path, env.ca.pem().as_bytes());
+    wait_metric(&env, reloads, 3.0).await;
+    let forwarded = env.upstream.requests().len();
+    let before = env.refusals("client_cert_required").await;
+    let resp = conn.send(&req()).await.unwrap();
+    assert_eq!(
+        (resp.status, resp.error_code()),
+        (401, "client_cert_required".to_owned()),
+        "a live connection kept an identity whose CA left the bundle: {resp:?}"
+    );
+    assert_eq!(env.refusals("client_cert_required").await, before + 1.0);
+    assert_eq!(env.upstream.requests().len(), forwarded);
+    // The agent's own connection, under the CA that stayed, is unaffected.
+    assert_eq!(env.agent(&env.a1, &req()).await.unwrap().status, 200);
+}

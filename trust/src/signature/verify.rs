@@ -14,6 +14,7 @@ use super::input::{
 };
 use super::{RequestParts, SignatureError, VerifyPolicy, ALG};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
+use crate::replay::ReplayToken;
 use crate::time::UnixTime;
 
 /// A request whose signature checked out.
@@ -21,9 +22,12 @@ use crate::time::UnixTime;
 pub struct Verified<'k> {
     /// The key that signed; its `owner()` is the identity to bind.
     pub key: &'k KeyEntry,
-    /// The `nonce` parameter (empty only when the policy does not require one
-    /// and none was sent).
-    pub nonce: String,
+    /// The `nonce` parameter (`None` only when the policy does not require
+    /// one and none was sent).
+    pub nonce: Option<String>,
+    /// The signature's 32 bytes: what a signature without a nonce is
+    /// remembered by.
+    pub signature: [u8; 32],
     pub created: UnixTime,
     /// When the signature stops being acceptable: min(created + max_age,
     /// expires). The replay cache keeps the nonce until then.
@@ -33,6 +37,15 @@ pub struct Verified<'k> {
 impl Verified<'_> {
     pub fn key_id(&self) -> &str {
         self.key.key_id()
+    }
+
+    /// What the replay cache remembers this signature by: its nonce, or the
+    /// signature bytes when it has none.
+    pub fn replay_token(&self) -> ReplayToken<'_> {
+        match &self.nonce {
+            Some(n) => ReplayToken::Nonce(n),
+            None => ReplayToken::Signature(&self.signature),
+        }
     }
 }
 
@@ -108,16 +121,17 @@ pub fn verify<'k>(
     })?;
 
     // Exactly one hmac-sha256 output; anything else cannot be ours.
-    if signature.len() != 32 {
+    let Ok(mac_bytes) = <[u8; 32]>::try_from(&signature[..]) else {
         return Err(SignatureError::Invalid);
-    }
+    };
     // verify_slice compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| SignatureError::Invalid)?;
 
     Ok(Verified {
         key,
-        nonce: params.nonce.unwrap_or_default().to_owned(),
+        nonce: params.nonce.map(str::to_owned),
+        signature: mac_bytes,
         created,
         age_out,
     })
