@@ -172,7 +172,7 @@ impl Upstreams {
             .await;
             match sent {
                 Ok(()) => break up,
-                Err(e) if reused && idempotent && attempt == 1 => {
+                Err(e) if reused && idempotent && attempt == 1 && stale_connection(&e) => {
                     tracing::debug!(upstream = %upstream.name, error = %e, "stale pooled connection, retrying once");
                     up.shutdown().await;
                 }
@@ -336,4 +336,16 @@ pub fn upstream_request(
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.headers = headers;
     RequestHeader::from(parts)
+}
+
+/// Whether an exchange on a reused connection failed the way a connection the upstream closed
+/// while it sat idle in the pool fails: the write is refused, or the read finds the connection
+/// closed or reset. Only then may an idempotent request go out again. A timeout is not one:
+/// the upstream has the request and may still be acting on it.
+fn stale_connection(e: &pingora_core::Error) -> bool {
+    use pingora_core::ErrorType;
+    matches!(
+        e.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    )
 }

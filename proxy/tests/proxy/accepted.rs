@@ -401,3 +401,34 @@ async fn only_idempotent_requests_are_retried_after_a_lost_exchange() {
     );
     assert_eq!(env.refusals("upstream_unavailable").await, 2.0);
 }
+
+/// A read timeout on a reused upstream connection is not a stale connection: the upstream got
+/// the request and may still be working on it, so even an idempotent request is not sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_timed_out_upstream_is_not_sent_again() {
+    use std::time::Duration;
+
+    let env = Env::start_with(super::harness::Opts {
+        upstream_read_timeout_ms: 300,
+        ..super::harness::Opts::default()
+    })
+    .await;
+    let mut conn = env.conn(&env.a1).await;
+    let path = "/agent/v1/clusters/c1/desired-state";
+    // One pooled connection, so the slow request goes out on a reused one.
+    let warm = Req::get(path).signed(&env.a1.key_id, &env.a1.secret);
+    assert_eq!(conn.send(&warm).await.unwrap().status, 200);
+    let slow = Req::get(path)
+        .header("x-test-delay-ms", "800")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = conn.send(&slow).await.unwrap();
+    assert_eq!(resp.status, 502, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.json()["error"], "upstream_unavailable");
+    // The upstream records a request once its delay is over: wait past any second copy's.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        env.upstream.requests().len(),
+        2,
+        "the warm-up, then the slow GET exactly once"
+    );
+}

@@ -36,6 +36,7 @@ pub struct Opts {
     pub require_spiffe: bool,
     pub allow_tls12: bool,
     pub watch: bool,
+    pub upstream_read_timeout_ms: u64,
 }
 
 impl Default for Opts {
@@ -46,6 +47,7 @@ impl Default for Opts {
             require_spiffe: false,
             allow_tls12: false,
             watch: true,
+            upstream_read_timeout_ms: 5000,
         }
     }
 }
@@ -207,7 +209,7 @@ replay_cache: {{ capacity: {cap} }}
 reload: {{ watch: {watch}, debounce_ms: 20 }}
 shutdown: {{ grace_seconds: 3, timeout_seconds: 2 }}
 upstreams:
-  control: {{ address: "{upstream_addr}", connect_timeout_ms: 500, read_timeout_ms: 5000 }}
+  control: {{ address: "{upstream_addr}", connect_timeout_ms: 500, read_timeout_ms: {read_ms} }}
 routes:
   - name: desired-state
     listener: agent
@@ -244,6 +246,7 @@ routes:
             rs = o.require_spiffe,
             cap = o.replay_capacity,
             watch = o.watch,
+            read_ms = o.upstream_read_timeout_ms,
         );
         std::fs::write(dir.path().join("proxy.yaml"), config).unwrap();
         let anon_cfg = client_config(&ca.pem(), None, false);
