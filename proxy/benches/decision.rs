@@ -219,7 +219,7 @@ impl Bench {
             listener: Listener::Agent,
             identity_required: true,
             method: req.method,
-            authority: AUTHORITY,
+            uri_authority: None,
             path: req.path,
             query: None,
             headers: &signed.headers,

@@ -26,7 +26,9 @@ pub struct RequestView<'a> {
     /// Client certificates are mandatory for every request on this listener.
     pub identity_required: bool,
     pub method: &'a str,
-    pub authority: &'a str,
+    /// The authority of an absolute-form (HTTP/1.1) or `:authority` (HTTP/2) target, if any;
+    /// the request's authority is decided from it and `Host` by [`request_authority`].
+    pub uri_authority: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -95,6 +97,10 @@ pub async fn decide(
         return Err(Refusal::ClientCertRequired);
     }
 
+    // The authority the signature's "@authority" and "@target-uri" are rebuilt from, and the one
+    // the upstream is told: it must be unambiguous.
+    let authority = request_authority(req)?;
+
     // 2. Route.
     let routes = state.routes.load();
     let Some(m) = routes.find(req.listener, req.method, req.path) else {
@@ -129,7 +135,7 @@ pub async fn decide(
         Some(keys) => {
             let parts = RequestParts {
                 method: req.method,
-                authority: req.authority,
+                authority,
                 path: req.path,
                 query: req.query,
                 headers: req.headers,
@@ -188,6 +194,33 @@ pub async fn decide(
     })
 }
 
+/// The request's authority: its one `Host` field, or the target's authority when there is no
+/// `Host` (HTTP/2 may send only `:authority`), or "" with neither. Refused when it is ambiguous:
+/// more than one `Host`, a `Host` that is not visible ASCII, or a `Host` that differs from the
+/// target's authority — the signature would cover one while the upstream may act on another.
+pub fn request_authority<'a>(req: &RequestView<'a>) -> Result<&'a str, Refusal> {
+    let malformed = |detail: &str| Refusal::RequestMalformed {
+        detail: detail.to_owned(),
+    };
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(h), None) => Some(
+            h.to_str()
+                .map_err(|_| malformed("the Host header is not visible ASCII"))?,
+        ),
+        (Some(_), Some(_)) => return Err(malformed("more than one Host header")),
+    };
+    match (host, req.uri_authority) {
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => Err(malformed(
+            "the Host header differs from the request target's authority",
+        )),
+        (Some(h), _) => Ok(h),
+        (None, Some(a)) => Ok(a),
+        (None, None) => Ok(""),
+    }
+}
+
 async fn read_bounded(
     src: &mut dyn BodySource,
     declared: Option<usize>,
@@ -221,6 +254,49 @@ mod tests {
         async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
             Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
         }
+    }
+
+    #[test]
+    fn the_authority_must_be_unambiguous() {
+        let view = |headers: &HeaderMap, uri_authority: Option<&'static str>| {
+            let v = RequestView {
+                listener: Listener::Agent,
+                identity_required: true,
+                method: "GET",
+                uri_authority,
+                path: "/",
+                query: None,
+                headers,
+                content_length: None,
+            };
+            request_authority(&v)
+                .map(str::to_owned)
+                .map_err(|r| r.code())
+        };
+        let mut one = HeaderMap::new();
+        one.insert(http::header::HOST, "api.zen.local".parse().unwrap());
+        assert_eq!(view(&one, None), Ok("api.zen.local".into()));
+        assert_eq!(
+            view(&one, Some("API.zen.local")),
+            Ok("api.zen.local".into())
+        );
+        assert_eq!(
+            view(&HeaderMap::new(), Some("h2.zen.local")),
+            Ok("h2.zen.local".into())
+        );
+        assert_eq!(view(&HeaderMap::new(), None), Ok(String::new()));
+
+        let refused = Err("request_malformed");
+        assert_eq!(view(&one, Some("other.zen.local")), refused);
+        let mut two = one.clone();
+        two.append(http::header::HOST, "evil.zen.local".parse().unwrap());
+        assert_eq!(view(&two, None), refused);
+        let mut binary = HeaderMap::new();
+        binary.insert(
+            http::header::HOST,
+            http::HeaderValue::from_bytes(b"api\xff").unwrap(),
+        );
+        assert_eq!(view(&binary, None), refused);
     }
 
     #[tokio::test]

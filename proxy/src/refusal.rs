@@ -35,6 +35,10 @@ pub enum Refusal {
     BodyTooLarge {
         limit: usize,
     },
+    /// The request head is ambiguous (e.g. two `Host` fields).
+    RequestMalformed {
+        detail: String,
+    },
     /// The request body could not be read (client went away, bad framing).
     BodyUnreadable {
         detail: String,
@@ -60,7 +64,7 @@ impl Refusal {
             | Replay
             | DigestMismatch
             | SignatureInvalid => 401,
-            SignatureMalformed { .. } | BodyUnreadable { .. } => 400,
+            SignatureMalformed { .. } | RequestMalformed { .. } | BodyUnreadable { .. } => 400,
             BodyTooLarge { .. } => 413,
             ReplayCacheFull => 503,
             UpstreamUnavailable { .. } => 502,
@@ -87,6 +91,7 @@ impl Refusal {
             IdentityMismatch { .. } => "identity_mismatch",
             IdentityRevoked => "identity_revoked",
             BodyTooLarge { .. } => "body_too_large",
+            RequestMalformed { .. } => "request_malformed",
             BodyUnreadable { .. } => "body_unreadable",
             ReplayCacheFull => "replay_cache_full",
             UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -103,6 +108,7 @@ impl Refusal {
             | SignatureMalformed { detail }
             | SignatureStale { detail }
             | IdentityMismatch { detail }
+            | RequestMalformed { detail }
             | BodyUnreadable { detail }
             | UpstreamUnavailable { detail } => detail.clone(),
             SignatureMissing => "Signature-Input and Signature headers are required".into(),

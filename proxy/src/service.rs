@@ -118,11 +118,6 @@ impl ProxyHttp for ZenProxy {
         // pingora's header-case map as `RequestHeader::clone` would.
         let req = session.req_header();
         let (method, uri, headers) = (req.method.clone(), req.uri.clone(), req.headers.clone());
-        let authority = headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .unwrap_or("");
         let content_length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -131,7 +126,7 @@ impl ProxyHttp for ZenProxy {
             listener: self.listener,
             identity_required: self.identity_required,
             method: method.as_str(),
-            authority,
+            uri_authority: uri.authority().map(|a| a.as_str()),
             path: uri.path(),
             query: uri.query(),
             headers: &headers,

@@ -51,6 +51,11 @@ pub struct Req {
     pub body: Vec<u8>,
     /// Send the body with Transfer-Encoding: chunked (in 3 chunks).
     pub chunked: bool,
+    /// Header fields the signature covers besides the default set.
+    pub cover: Vec<String>,
+    /// Bytes replaced on the wire after signing (first occurrence): what a client sends that
+    /// differs from what it signed.
+    pub wire_patch: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Req {
@@ -98,6 +103,7 @@ impl Req {
         };
         let mut opts = SignOptions::new(key_id, secret, created);
         opts.nonce = nonce;
+        opts.extra_headers = self.cover.clone();
         let body = (!self.body.is_empty()).then_some(&self.body[..]);
         let s = signature::sign(&parts, body, &opts).unwrap();
         self.headers
@@ -134,6 +140,13 @@ impl Req {
             }
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(&self.body);
+        }
+        if let Some((from, to)) = &self.wire_patch {
+            let at = out
+                .windows(from.len())
+                .position(|w| w == &from[..])
+                .expect("the bytes to patch are in the request");
+            out.splice(at..at + from.len(), to.iter().copied());
         }
         out
     }

@@ -14,9 +14,9 @@ use super::pki::LeafOpts;
 const DS_C1: &str = "/agent/v1/clusters/c1/desired-state";
 
 impl Env {
-    async fn refused(&self, req: &Req, status: u16, code: &str) {
+    async fn refused(&self, req: &Req, status: u16, code: &str) -> super::client::Resp {
         self.assert_refused(self.a1.cfg.clone(), self.agent_addr, req, status, code)
-            .await;
+            .await
     }
 
     /// The TLS handshake (or the first read, where TLS 1.3 reports client
@@ -415,4 +415,40 @@ async fn a_mismatched_peer_cannot_spend_another_agents_nonce() {
     let resp = env.agent(&env.a1, &req).await.unwrap();
     assert_eq!(resp.error_code(), "replay");
     assert_eq!(env.upstream.requests().len(), 1);
+}
+
+/// Two `Host` fields make the authority ambiguous: the signature covers one, the upstream might
+/// act on the other. pingora 0.9.1 refuses such a head while parsing it, before the proxy's
+/// code runs, with a bare 400 (no JSON body, no refusal metric); the decision's own check
+/// (`request_malformed`, unit-tested in decision.rs) stands behind it. Either way nothing
+/// reaches the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_host_headers_are_refused_before_the_upstream() {
+    let env = Env::start().await;
+    let req = Req::get(DS_C1)
+        .header("host", "evil.zen.local")
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(env.upstream.bytes(), 0);
+}
+
+/// A covered field whose bytes are not UTF-8 is refused, not verified as text: here the client
+/// signed `a\u{fffd}b` and sends `a\xffb`, which a lossy decoding would read as the signed text
+/// while forwarding other bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_malformed_covered_field_not_utf8() {
+    let env = Env::start().await;
+    let mut req = Req::get(DS_C1).header("x-tenant", "a\u{fffd}b");
+    req.cover = vec!["x-tenant".into()];
+    let mut req = req.signed(&env.a1.key_id, &env.a1.secret);
+    req.wire_patch = Some(("a\u{fffd}b".as_bytes().to_vec(), b"a\xffb".to_vec()));
+    let resp = env.refused(&req, 400, "signature_malformed").await;
+    assert!(
+        resp.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{resp:?}"
+    );
 }

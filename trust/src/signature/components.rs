@@ -245,7 +245,8 @@ impl<'a, 'de> Component<'a, 'de> {
             Kind::Field { name, form } => {
                 let raw = req.headers.combined(name).ok_or_else(|| {
                     malformed(format!(
-                        "cannot rebuild component {name:?}: the request has no such header"
+                        "cannot rebuild component {name:?}: {}",
+                        super::headers::unreadable_field(req.headers, name)
                     ))
                 })?;
                 match form {

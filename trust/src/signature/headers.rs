@@ -6,8 +6,25 @@ use std::borrow::Cow;
 pub trait HeaderLookup {
     /// All values of the field `lowercase_name`, each trimmed of leading and
     /// trailing whitespace, joined with ", " (RFC 9421 §2.1); `None` when the
-    /// field is absent.
+    /// field is absent, or when a value is not UTF-8 text (see
+    /// [`HeaderLookup::present`]).
     fn combined(&self, lowercase_name: &str) -> Option<Cow<'_, str>>;
+
+    /// Whether the field is in the request at all, readable or not. Asked
+    /// only after [`HeaderLookup::combined`] said `None`, to tell an absent
+    /// field from one whose bytes cannot be signed.
+    fn present(&self, lowercase_name: &str) -> bool {
+        self.combined(lowercase_name).is_some()
+    }
+}
+
+/// Why a covered field could not be read: absent, or not UTF-8 text.
+pub(crate) fn unreadable_field(headers: &dyn HeaderLookup, name: &str) -> &'static str {
+    if headers.present(name) {
+        "its value is not UTF-8 text"
+    } else {
+        "the request has no such header"
+    }
 }
 
 fn trim_ows(s: &str) -> &str {
@@ -58,11 +75,31 @@ impl HeaderLookup for http::HeaderMap {
             "content-digest" => self.get_all(&CONTENT_DIGEST),
             other => self.get_all(other),
         };
-        // Non-UTF-8 bytes become U+FFFD: such a value can only fail to verify.
-        join(values.iter().map(|v| match v.to_str() {
-            Ok(s) => Cow::Borrowed(trim_ows(s)),
-            Err(_) => String::from_utf8_lossy(trim_ows_bytes(v.as_bytes())),
-        }))
+        // Bytes that are not UTF-8 make the whole field unreadable: decoding them lossily
+        // would map different bytes to the same text (U+FFFD), so a signature over one value
+        // would verify another that is then forwarded.
+        let mut texts = Vec::new();
+        let mut first = None;
+        for (i, v) in values.iter().enumerate() {
+            let text = match v.to_str() {
+                Ok(s) => trim_ows(s),
+                Err(_) => std::str::from_utf8(trim_ows_bytes(v.as_bytes())).ok()?,
+            };
+            if i == 0 {
+                first = Some(text);
+            } else {
+                texts.push(text);
+            }
+        }
+        let first = first?;
+        if texts.is_empty() {
+            return Some(Cow::Borrowed(first));
+        }
+        join(std::iter::once(first).chain(texts).map(Cow::Borrowed))
+    }
+
+    fn present(&self, lowercase_name: &str) -> bool {
+        self.contains_key(lowercase_name)
     }
 }
 
@@ -137,6 +174,32 @@ mod tests {
         assert!(matches!(h.combined("x-b"), Some(Cow::Borrowed(_))));
         assert_eq!(h.combined("x-c"), None);
         assert_eq!(h.combined("bad name"), None);
+    }
+
+    #[test]
+    fn a_field_with_bytes_that_are_not_utf8_is_unreadable() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-u",
+            http::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap(),
+        );
+        h.append("x-bad", "ok".parse().unwrap());
+        h.append("x-bad", http::HeaderValue::from_bytes(b"\xff").unwrap());
+        h.insert(
+            "x-replacement",
+            http::HeaderValue::from_bytes("\u{fffd}".as_bytes()).unwrap(),
+        );
+        // UTF-8 beyond ASCII is text.
+        assert_eq!(h.combined("x-u").as_deref(), Some("caf\u{e9}"));
+        // 0xFF is not: the field is unreadable, not U+FFFD (which is what x-replacement says).
+        assert_eq!(h.combined("x-bad"), None);
+        assert!(h.present("x-bad"));
+        assert_eq!(unreadable_field(&h, "x-bad"), "its value is not UTF-8 text");
+        assert_eq!(
+            unreadable_field(&h, "x-none"),
+            "the request has no such header"
+        );
+        assert_eq!(h.combined("x-replacement").as_deref(), Some("\u{fffd}"));
     }
 
     #[test]

@@ -777,3 +777,56 @@ fn reused_buffers_do_not_leak_between_requests() {
         SignatureError::Invalid
     );
 }
+
+/// A covered field whose bytes are not UTF-8 cannot be part of a signature base: decoded
+/// lossily, 0xFF and U+FFFD would sign alike, and the bytes forwarded would not be the ones
+/// signed. It is a 400, with the reason, never a verification over substituted text.
+#[test]
+fn a_covered_field_that_is_not_utf8_is_malformed() {
+    let f = fixture();
+    let inner =
+        r#"("@method" "@authority" "@path" "x-bin");created=1800000000;keyid="k1";nonce="n""#;
+    let mut h = http::HeaderMap::new();
+    h.insert("host", "api.zen.local".parse().unwrap());
+    h.insert("x-bin", http::HeaderValue::from_bytes(b"a\xffb").unwrap());
+    h.insert("signature-input", format!("sig1={inner}").parse().unwrap());
+    h.insert(
+        "signature",
+        "sig1=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:"
+            .parse()
+            .unwrap(),
+    );
+    let parts = |h: &http::HeaderMap| {
+        let p = RequestParts {
+            method: "GET",
+            authority: "api.zen.local",
+            path: "/x",
+            query: None,
+            headers: h,
+        };
+        verify(&VerifyPolicy::default(), &p, None, &f.keys, NOW).map(|_| ())
+    };
+    match parts(&h) {
+        Err(SignatureError::Malformed { detail }) => {
+            assert!(
+                detail.contains("\"x-bin\"") && detail.contains("not UTF-8"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+    // The signature fields themselves: malformed too, not "missing".
+    h.insert(
+        "signature-input",
+        http::HeaderValue::from_bytes(b"sig1=(\"@method\")\xfe").unwrap(),
+    );
+    match parts(&h) {
+        Err(SignatureError::Malformed { detail }) => {
+            assert!(
+                detail.contains("signature-input") && detail.contains("not UTF-8"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected Malformed, got {other:?}"),
+    }
+}

@@ -67,6 +67,11 @@ pub fn verify<'k>(
         req.headers.combined("signature-input"),
         req.headers.combined("signature"),
     ) else {
+        for name in ["signature-input", "signature"] {
+            if req.headers.present(name) && req.headers.combined(name).is_none() {
+                return Err(malformed(format!("{name}: its value is not UTF-8 text")));
+            }
+        }
         return Err(SignatureError::Missing);
     };
 
@@ -108,7 +113,10 @@ pub fn verify<'k>(
 
     if components.iter().any(covers_digest) {
         let header = req.headers.combined("content-digest").ok_or_else(|| {
-            malformed("cannot rebuild component \"content-digest\": the request has no such header")
+            malformed(format!(
+                "cannot rebuild component \"content-digest\": {}",
+                super::headers::unreadable_field(req.headers, "content-digest")
+            ))
         })?;
         check_content_digest(&header, body.unwrap_or_default())?;
     }
