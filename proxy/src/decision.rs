@@ -27,7 +27,7 @@ pub struct RequestView<'a> {
     pub identity_required: bool,
     pub method: &'a str,
     /// The authority of an absolute-form (HTTP/1.1) or `:authority` (HTTP/2) target, if any;
-    /// the request's authority is decided from it and `Host` by [`request_authority`].
+    /// the request's authority is decided from it and `Host` (see `request_authority`).
     pub uri_authority: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
@@ -198,7 +198,7 @@ pub async fn decide(
 /// `Host` (HTTP/2 may send only `:authority`), or "" with neither. Refused when it is ambiguous:
 /// more than one `Host`, a `Host` that is not visible ASCII, or a `Host` that differs from the
 /// target's authority — the signature would cover one while the upstream may act on another.
-pub fn request_authority<'a>(req: &RequestView<'a>) -> Result<&'a str, Refusal> {
+fn request_authority<'a>(req: &RequestView<'a>) -> Result<&'a str, Refusal> {
     let malformed = |detail: &str| Refusal::RequestMalformed {
         detail: detail.to_owned(),
     };
