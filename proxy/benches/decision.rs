@@ -36,7 +36,7 @@ use zen_proxy::state::{Initial, Revocations, State};
 use zen_proxy::tls::identity::{ConnIdentity, PeerIdentity};
 use zen_proxy::tls::{ServingCert, SpiffeClientVerifier, TrustBundles};
 use zen_trust::signature::{sign, RequestParts, SignOptions, VerifyPolicy};
-use zen_trust::{KeySet, KeySetEntry, KeyStatus, Secret, SpiffeId, UnixTime};
+use zen_trust::{KeySet, KeySetEntry, KeyStatus, ReplayCache, Secret, SpiffeId, UnixTime};
 
 const DEV_CONFIG: &str = include_str!("../../config/dev/proxy.yaml");
 const PEER: &str = "spiffe://zen.local/cluster/c1/agent/a1";
@@ -140,7 +140,13 @@ impl Bench {
             synced_at: None,
         };
         let metrics = Metrics::new();
-        let state = State::from_config(initial, &cfg, metrics.clone());
+        let mut state = State::from_config(initial, &cfg, metrics.clone());
+        // Simulated time runs far faster than real time here: entries must age out on it alone,
+        // as the serving cache's would on a wall clock that never steps.
+        let replay = &mut Arc::get_mut(&mut state)
+            .expect("state not yet shared")
+            .replay;
+        *replay = ReplayCache::wall_clock_only(replay.capacity());
         let policy = VerifyPolicy {
             max_age: cfg.signature.max_age,
             max_skew: cfg.signature.max_skew,

@@ -14,10 +14,19 @@
 //! A hash can only make two different pairs look alike (a fresh request
 //! refused as a replay: fail closed, ~10⁻¹³ per request with a million live
 //! entries), never let the same pair through twice.
+//!
+//! Expiry is judged on two clocks, and an entry goes only when both agree:
+//! the wall clock the signature window is checked on has passed its age-out
+//! second, and the monotonic clock says its remaining lifetime (as the wall
+//! clock told it at insert) has really elapsed. A wall clock stepped forward
+//! (then corrected back) would otherwise drop entries whose signatures are
+//! valid again after the correction; a wall clock stepped back keeps them by
+//! the first rule.
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -90,6 +99,14 @@ impl BuildHasher for BuildPassThrough {
     }
 }
 
+/// The entries that age out in one wall-clock second.
+#[derive(Default)]
+struct Bucket {
+    hashes: Vec<u64>,
+    /// Monotonic second from which every entry here has outlived its lifetime.
+    held_until: u64,
+}
+
 #[derive(Default)]
 struct Shard {
     /// Hashes of the recorded pairs (their age-out second is the bucket they
@@ -97,7 +114,7 @@ struct Shard {
     /// what decides cache misses with hundreds of thousands of live entries).
     entries: HashSet<u64, BuildPassThrough>,
     /// age-out second → hashes that age out then.
-    buckets: BTreeMap<i64, Vec<u64>>,
+    buckets: BTreeMap<i64, Bucket>,
     /// Emptied bucket vectors, reused to keep inserts allocation-free.
     spare: Vec<Vec<u64>>,
     /// Slots granted to this shard by the global count and not yet used.
@@ -105,14 +122,17 @@ struct Shard {
 }
 
 impl Shard {
-    /// Drops every entry whose age-out second is before `now`; returns how many.
-    fn expire(&mut self, now: i64) -> usize {
+    /// Drops every entry whose age-out second is before `now` and whose
+    /// lifetime has passed on the monotonic clock (`mono`); returns how many.
+    /// Stops at the first bucket one clock still holds: later ones wait for
+    /// the next call (they are kept, never dropped early).
+    fn expire(&mut self, now: i64, mono: u64) -> usize {
         let mut freed = 0;
         while let Some(entry) = self.buckets.first_entry() {
-            if *entry.key() >= now {
+            if *entry.key() >= now || entry.get().held_until > mono {
                 break;
             }
-            let mut hashes = entry.remove();
+            let mut hashes = entry.remove().hashes;
             for h in hashes.drain(..) {
                 if self.entries.remove(&h) {
                     freed += 1;
@@ -125,13 +145,15 @@ impl Shard {
         freed
     }
 
-    fn insert(&mut self, h: u64, age_out: i64) {
+    fn insert(&mut self, h: u64, age_out: i64, held_until: u64) {
         self.entries.insert(h);
         let spare = &mut self.spare;
-        self.buckets
-            .entry(age_out)
-            .or_insert_with(|| spare.pop().unwrap_or_default())
-            .push(h);
+        let bucket = self.buckets.entry(age_out).or_insert_with(|| Bucket {
+            hashes: spare.pop().unwrap_or_default(),
+            held_until: 0,
+        });
+        bucket.hashes.push(h);
+        bucket.held_until = bucket.held_until.max(held_until);
     }
 }
 
@@ -155,6 +177,30 @@ pub struct ReplayCache {
     batch: usize,
     capacity: usize,
     hasher: ahash::RandomState,
+    clock: Monotonic,
+}
+
+/// The clock an entry's lifetime is also measured on (module docs).
+enum Monotonic {
+    /// Seconds since the cache was made.
+    Since(Instant),
+    /// No second clock: expiry follows the caller's `now` alone. For
+    /// simulations that run the wall clock faster than real time.
+    WallOnly,
+    #[cfg(test)]
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl Monotonic {
+    fn secs(&self) -> u64 {
+        match self {
+            Monotonic::Since(epoch) => epoch.elapsed().as_secs(),
+            // Every hold has passed (held_until saturates to MAX too).
+            Monotonic::WallOnly => u64::MAX,
+            #[cfg(test)]
+            Monotonic::Manual(secs) => secs.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplayCache {
@@ -170,6 +216,18 @@ impl ReplayCache {
     /// A cache holding at most `capacity` live entries. Hash keys are random
     /// per process, so entries cannot be aimed at one shard or slot.
     pub fn new(capacity: usize) -> ReplayCache {
+        Self::with_clock(capacity, Monotonic::Since(Instant::now()))
+    }
+
+    /// A cache whose expiry follows the `now` it is given and nothing else,
+    /// so a simulation may advance time faster than real time (benchmarks).
+    /// Not for serving: a wall clock stepped forward and back would reopen
+    /// the replay window (module docs).
+    pub fn wall_clock_only(capacity: usize) -> ReplayCache {
+        Self::with_clock(capacity, Monotonic::WallOnly)
+    }
+
+    fn with_clock(capacity: usize, clock: Monotonic) -> ReplayCache {
         let shards = (0..SHARDS)
             .map(|_| PaddedShard(Mutex::new(Shard::default())))
             .collect();
@@ -180,6 +238,7 @@ impl ReplayCache {
             batch: (capacity / (SHARDS * 16)).clamp(1, 64),
             capacity,
             hasher: ahash::RandomState::new(),
+            clock,
         }
     }
 
@@ -203,8 +262,8 @@ impl ReplayCache {
 
     /// Expires a locked shard's aged-out entries; their slots join its
     /// allowance, beyond `keep` they go back to the global count.
-    fn expire_locked(&self, s: &mut Shard, now: i64, keep: usize) {
-        s.allowance += s.expire(now);
+    fn expire_locked(&self, s: &mut Shard, now: i64, mono: u64, keep: usize) {
+        s.allowance += s.expire(now, mono);
         if s.allowance > keep {
             self.granted.fetch_sub(s.allowance - keep, Ordering::AcqRel);
             s.allowance = keep;
@@ -241,10 +300,14 @@ impl ReplayCache {
         // An already-aged-out signature is remembered for the current second
         // at least, so a caller bug cannot open a replay window.
         let age_out = age_out.as_secs().max(now);
+        let mono = self.clock.secs();
+        // Live through its age-out second on this clock too: the remaining
+        // seconds, plus the one under way.
+        let held_until = mono.saturating_add(age_out.abs_diff(now)).saturating_add(1);
         for attempt in 0..2 {
             {
                 let mut s = shard.lock();
-                self.expire_locked(&mut s, now, 2 * self.batch);
+                self.expire_locked(&mut s, now, mono, 2 * self.batch);
                 if s.entries.contains(&h) {
                     return Err(ReplayError::Replay);
                 }
@@ -253,7 +316,7 @@ impl ReplayCache {
                 }
                 if s.allowance > 0 {
                     s.allowance -= 1;
-                    s.insert(h, age_out);
+                    s.insert(h, age_out, held_until);
                     return Ok(());
                 }
             }
@@ -269,8 +332,9 @@ impl ReplayCache {
     /// Drops aged-out entries from every shard and returns every unused slot
     /// to the global count.
     pub fn purge_expired(&self, now: UnixTime) {
+        let mono = self.clock.secs();
         for shard in self.shards.iter() {
-            self.expire_locked(&mut shard.0.lock(), now.as_secs(), 0);
+            self.expire_locked(&mut shard.0.lock(), now.as_secs(), mono, 0);
         }
     }
 
@@ -296,7 +360,7 @@ mod tests {
 
     #[test]
     fn duplicate_is_refused_until_age_out() {
-        let c = ReplayCache::new(10);
+        let c = ReplayCache::wall_clock_only(10);
         let t = UnixTime(1000);
         c.insert("k", "n1", UnixTime(1300), t).unwrap();
         assert_eq!(
@@ -314,6 +378,72 @@ mod tests {
         c.insert("k", "n1", UnixTime(1601), UnixTime(1301)).unwrap();
         c.purge_expired(UnixTime(1301));
         assert_eq!(c.len(), 1);
+    }
+
+    /// A cache on a monotonic clock the test sets (seconds).
+    fn manual(capacity: usize) -> (ReplayCache, Arc<std::sync::atomic::AtomicU64>) {
+        let secs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let c = ReplayCache::with_clock(capacity, Monotonic::Manual(secs.clone()));
+        (c, secs)
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_forward_and_back_does_not_reopen_the_window() {
+        let (c, mono) = manual(10);
+        c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
+        // 10 s later the wall clock jumps an hour ahead; a purge there must not forget the
+        // nonce, because the step is corrected 10 s after that, inside the signature's window.
+        mono.store(10, Ordering::Relaxed);
+        c.purge_expired(UnixTime(4610));
+        assert_eq!(c.len(), 1);
+        mono.store(20, Ordering::Relaxed);
+        assert_eq!(
+            c.insert("k", "n", UnixTime(1300), UnixTime(1020)),
+            Err(ReplayError::Replay)
+        );
+        // On the wall clock alone the same sequence lets the replay through.
+        let w = ReplayCache::wall_clock_only(10);
+        w.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
+        w.purge_expired(UnixTime(4610));
+        w.insert("k", "n", UnixTime(1300), UnixTime(1020)).unwrap();
+        // Once both clocks say the 300 s are over, the entry goes.
+        mono.store(300, Ordering::Relaxed);
+        c.purge_expired(UnixTime(1301));
+        assert_eq!(c.len(), 1, "the monotonic clock is one second short");
+        mono.store(301, Ordering::Relaxed);
+        c.purge_expired(UnixTime(1301));
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_back_keeps_entries_until_it_passes_their_age_out() {
+        let (c, mono) = manual(10);
+        c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
+        // Far more than the lifetime passes on the monotonic clock, but the wall clock went
+        // back: the signature becomes valid again once it reaches 1000, so the entry stays.
+        mono.store(400, Ordering::Relaxed);
+        c.purge_expired(UnixTime(900));
+        mono.store(600, Ordering::Relaxed);
+        assert_eq!(
+            c.insert("k", "n", UnixTime(1300), UnixTime(1100)),
+            Err(ReplayError::Replay)
+        );
+        mono.store(801, Ordering::Relaxed);
+        c.insert("k", "n", UnixTime(1601), UnixTime(1301)).unwrap();
+    }
+
+    #[test]
+    fn a_wall_clock_stepped_forward_for_good_holds_entries_only_their_lifetime() {
+        let (c, mono) = manual(10);
+        c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
+        // A clock that was behind and is put right: entries go once their remaining 300 s have
+        // passed for real, not later (the cache does not fill with the dead).
+        mono.store(10, Ordering::Relaxed);
+        c.purge_expired(UnixTime(5000));
+        assert_eq!(c.len(), 1);
+        mono.store(301, Ordering::Relaxed);
+        c.purge_expired(UnixTime(5291));
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
@@ -344,7 +474,7 @@ mod tests {
 
     #[test]
     fn full_refuses_then_recovers_after_age_out() {
-        let c = ReplayCache::new(100);
+        let c = ReplayCache::wall_clock_only(100);
         for i in 0..100 {
             c.insert("k", &format!("n{i}"), UnixTime(50), UnixTime(0))
                 .unwrap();
@@ -373,7 +503,7 @@ mod tests {
     fn batched_slots_still_fill_to_exact_capacity_and_recover() {
         // Large enough that shards take slots in batches of 64.
         let cap = 100_000;
-        let c = ReplayCache::new(cap);
+        let c = ReplayCache::wall_clock_only(cap);
         assert_eq!(c.batch, 64);
         for i in 0..cap {
             c.insert("k", &i.to_string(), UnixTime(50), UnixTime(0))

@@ -24,6 +24,9 @@ use pingora_core::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
+// Hop-by-hop fields (RFC 9110 §7.6.1) never cross the proxy: the same list the verifier refuses
+// to see covered, so that what was signed arrives.
+use zen_trust::signature::HOP_BY_HOP;
 
 use crate::config::Upstream;
 use crate::decision::Admitted;
@@ -33,17 +36,6 @@ use crate::tls::identity::PeerIdentity;
 pub const X_ZEN_SPIFFE_ID: &str = "x-zen-spiffe-id";
 pub const X_ZEN_KEY_ID: &str = "x-zen-key-id";
 pub const XFCC: &str = "x-forwarded-client-cert";
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1) that never cross the proxy.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 pub struct Upstreams {
     /// name → (index for the pool, settings, pingora peer)

@@ -433,6 +433,24 @@ async fn two_host_headers_are_refused_before_the_upstream() {
     assert_eq!(env.upstream.bytes(), 0);
 }
 
+/// A signed field that the `Connection` header names would be stripped as hop-by-hop on the way
+/// to the upstream, which would then act on a request without it: refused, not forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_malformed_covered_field_named_by_connection() {
+    let env = Env::start().await;
+    let mut req = Req::get(DS_C1)
+        .header("x-tenant", "t1")
+        .header("connection", "keep-alive, X-Tenant");
+    req.cover = vec!["x-tenant".into()];
+    let req = req.signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.refused(&req, 400, "signature_malformed").await;
+    let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("\"x-tenant\" is named by the Connection header"),
+        "{detail}"
+    );
+}
+
 /// A covered field whose bytes are not UTF-8 is refused, not verified as text: here the client
 /// signed `a\u{fffd}b` and sends `a\xffb`, which a lossy decoding would read as the signed text
 /// while forwarding other bytes.

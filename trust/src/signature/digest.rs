@@ -2,7 +2,10 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use sfv::{BareItem, Dictionary, ListEntry, Parser};
+use std::convert::Infallible;
+
+use sfv::visitor::{DictionaryVisitor, EntryVisitor};
+use sfv::{BareItem, Dictionary, KeyRef, ListEntry, Parser};
 use sha2::{Digest, Sha256, Sha512};
 
 use super::SignatureError;
@@ -52,14 +55,26 @@ pub fn content_digest(alg: DigestAlg, body: &[u8]) -> String {
 /// Checks a received `Content-Digest` against the body. Every sha-256 /
 /// sha-512 member must match; other algorithms are ignored, and a header
 /// with none of ours is malformed (we could not check it).
+/// sha-256 or sha-512 listed twice is malformed: RFC 9651 keeps the last
+/// member, but a recipient that reads the first would check another digest
+/// than the one verified here.
 pub(crate) fn check_content_digest(header: &str, body: &[u8]) -> Result<(), SignatureError> {
-    let dict: Dictionary = Parser::new(header).parse().map_err(|e| {
-        SignatureError::malformed(format!(
-            "Content-Digest is not a structured-field dictionary: {e}"
-        ))
-    })?;
+    let mut members = Members::default();
+    Parser::new(header)
+        .parse_dictionary_with_visitor(&mut members)
+        .map_err(|e| {
+            SignatureError::malformed(format!(
+                "Content-Digest is not a structured-field dictionary: {e}"
+            ))
+        })?;
+    if let Some(alg) = members.repeated {
+        return Err(SignatureError::malformed(format!(
+            "Content-Digest lists {} more than once",
+            alg.name()
+        )));
+    }
     let mut checked = false;
-    for (key, entry) in &dict {
+    for (key, entry) in &members.dict {
         let Some(alg) = DigestAlg::from_name(key.as_str()) else {
             continue;
         };
@@ -91,6 +106,24 @@ pub(crate) fn check_content_digest(header: &str, body: &[u8]) -> Result<(), Sign
         Err(SignatureError::malformed(
             "Content-Digest has no sha-256 or sha-512 member",
         ))
+    }
+}
+
+/// The parsed dictionary, and the first of our algorithms seen twice.
+#[derive(Default)]
+struct Members {
+    dict: Dictionary,
+    repeated: Option<DigestAlg>,
+}
+
+impl<'de> DictionaryVisitor<'de> for Members {
+    type Error = Infallible;
+
+    fn entry(&mut self, key: &'de KeyRef) -> Result<impl EntryVisitor<'de>, Infallible> {
+        if self.repeated.is_none() && self.dict.contains_key(key) {
+            self.repeated = DigestAlg::from_name(key.as_str());
+        }
+        <Dictionary as DictionaryVisitor<'de>>::entry(&mut self.dict, key)
     }
 }
 
@@ -155,5 +188,27 @@ mod tests {
         }
         // Unknown algorithms next to a good one are ignored.
         check_content_digest(&format!("unixsum=:AAAA:, {d}"), b"one").unwrap();
+    }
+
+    #[test]
+    fn an_algorithm_listed_twice_is_malformed() {
+        let good = content_digest(DigestAlg::Sha256, b"one");
+        let bad = content_digest(DigestAlg::Sha256, b"two");
+        // RFC 9651 alone would keep the last (good) member and pass; a recipient reading the
+        // first would see a digest of other content. Two header lines join into this same text.
+        for header in [
+            format!("{bad}, {good}"),
+            format!("{good}, {good}"),
+            format!("{good}, unixsum=:AAAA:, {good}"),
+        ] {
+            match check_content_digest(&header, b"one") {
+                Err(SignatureError::Malformed { detail }) => {
+                    assert!(detail.contains("lists sha-256 more than once"), "{detail}")
+                }
+                other => panic!("{header}: {other:?}"),
+            }
+        }
+        // Repeats of algorithms this profile ignores are not ours to judge.
+        check_content_digest(&format!("unixsum=:AAAA:, unixsum=:AAAB:, {good}"), b"one").unwrap();
     }
 }

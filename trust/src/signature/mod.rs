@@ -28,6 +28,20 @@ pub const LABEL: &str = "sig1";
 /// The only algorithm of the profile.
 pub const ALG: &str = "hmac-sha256";
 
+/// Fields an intermediary removes before forwarding (RFC 9110 §7.6.1; and
+/// `Trailer`, meaningless once the body is re-framed), besides any the
+/// `Connection` field names. A signature may not cover them: the recipient
+/// would not get what was signed.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// The request as the verifier (or signer) sees it. `scheme` is always
 /// `https` in this profile.
 #[derive(Clone, Copy)]

@@ -814,3 +814,48 @@ fn a_covered_field_that_is_not_utf8_is_malformed() {
     );
     malformed_containing(verify_with(&h), "signature-input: its value is not UTF-8");
 }
+
+#[test]
+fn a_covered_field_that_would_not_reach_the_upstream_is_malformed() {
+    let f = fixture();
+    let inner =
+        r#"("@method" "@authority" "@path" "x-tenant");created=1800000000;keyid="k1";nonce="n""#;
+    let mut r = Req::get("/x", None);
+    r.set("x-tenant", "t1");
+    r.craft(inner, &f.secret);
+    r.verify(None, &f.keys)
+        .expect("signed x-tenant, no Connection");
+    // A Connection field naming it (in any case, among other tokens) makes it hop-by-hop: the
+    // proxy removes it, so the upstream would act without what was signed.
+    for connection in ["X-Tenant", "keep-alive, x-tenant", " close ,X-TENANT "] {
+        r.set("connection", connection);
+        malformed_containing(
+            r.verify(None, &f.keys),
+            "covered field \"x-tenant\" is named by the Connection header",
+        );
+    }
+    // Naming other fields is fine.
+    r.set("connection", "keep-alive, x-tenantx");
+    r.verify(None, &f.keys)
+        .expect("Connection names another field");
+    // The fixed hop-by-hop fields, with or without Connection.
+    r.remove("connection");
+    for field in [
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "connection",
+    ] {
+        let mut r = Req::get("/x", None);
+        r.set(field, "v");
+        r.craft(
+            &format!(r#"("@method" "@authority" "@path" "{field}");created=1800000000;keyid="k1";nonce="n""#),
+            &f.secret,
+        );
+        malformed_containing(
+            r.verify(None, &f.keys),
+            &format!("covered field \"{field}\" is hop-by-hop"),
+        );
+    }
+}

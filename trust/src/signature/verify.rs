@@ -12,7 +12,7 @@ use super::digest::check_content_digest;
 use super::input::{
     parse_params, parse_signature, parse_signature_input, parse_signature_input_into, PList,
 };
-use super::{RequestParts, SignatureError, VerifyPolicy, ALG};
+use super::{RequestParts, SignatureError, VerifyPolicy, ALG, HOP_BY_HOP};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
 use crate::replay::ReplayToken;
 use crate::time::UnixTime;
@@ -168,6 +168,29 @@ fn check_coverage(
             return Err(malformed(format!(
                 "covered component {} is listed twice",
                 c.describe()
+            )));
+        }
+    }
+    // A covered field must reach the upstream as signed; a hop-by-hop one is removed on the way.
+    let mut connection = None;
+    for c in components {
+        let Kind::Field { name, .. } = c.kind else {
+            continue;
+        };
+        if HOP_BY_HOP.contains(&name) {
+            return Err(malformed(format!(
+                "covered field {name:?} is hop-by-hop: the upstream would not receive it"
+            )));
+        }
+        // Read once, and only when a field is covered.
+        let connection = connection.get_or_insert_with(|| req.headers.combined("connection"));
+        if connection.as_deref().is_some_and(|v| {
+            v.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name))
+        }) {
+            return Err(malformed(format!(
+                "covered field {name:?} is named by the Connection header, so it is hop-by-hop: \
+                 the upstream would not receive it"
             )));
         }
     }
