@@ -103,7 +103,7 @@ impl BuildHasher for BuildPassThrough {
 #[derive(Default)]
 struct Bucket {
     hashes: Vec<u64>,
-    /// Monotonic second from which every entry here has outlived its lifetime.
+    /// Monotonic millisecond from which every entry here has outlived its lifetime.
     held_until: u64,
 }
 
@@ -123,7 +123,7 @@ struct Shard {
 
 impl Shard {
     /// Drops every entry whose age-out second is before `now` and whose
-    /// lifetime has passed on the monotonic clock (`mono`); returns how many.
+    /// lifetime has passed on the monotonic clock (`mono`, ms); returns how many.
     /// Stops at the first bucket one clock still holds: later ones wait for
     /// the next call (they are kept, never dropped early).
     fn expire(&mut self, now: i64, mono: u64) -> usize {
@@ -180,9 +180,13 @@ pub struct ReplayCache {
     clock: Monotonic,
 }
 
-/// The clock an entry's lifetime is also measured on (module docs).
+/// The clock an entry's lifetime is also measured on (module docs), in
+/// milliseconds: whole seconds on two clocks with different phases could end
+/// a hold up to a second before the wall clock's age-out second does.
+/// `Instant` stands still while the machine is suspended, which only holds
+/// entries longer.
 enum Monotonic {
-    /// Seconds since the cache was made.
+    /// Milliseconds since the cache was made.
     Since(Instant),
     /// No second clock: expiry follows the caller's `now` alone. For
     /// simulations that run the wall clock faster than real time.
@@ -192,13 +196,15 @@ enum Monotonic {
 }
 
 impl Monotonic {
-    fn secs(&self) -> u64 {
+    fn millis(&self) -> u64 {
         match self {
-            Monotonic::Since(epoch) => epoch.elapsed().as_secs(),
+            Monotonic::Since(epoch) => {
+                u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }
             // Every hold has passed (held_until saturates to MAX too).
             Monotonic::WallOnly => u64::MAX,
             #[cfg(test)]
-            Monotonic::Manual(secs) => secs.load(Ordering::Relaxed),
+            Monotonic::Manual(ms) => ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -300,10 +306,12 @@ impl ReplayCache {
         // An already-aged-out signature is remembered for the current second
         // at least, so a caller bug cannot open a replay window.
         let age_out = age_out.as_secs().max(now);
-        let mono = self.clock.secs();
-        // Live through its age-out second on this clock too: the remaining
-        // seconds, plus the one under way.
-        let held_until = mono.saturating_add(age_out.abs_diff(now)).saturating_add(1);
+        let mono = self.clock.millis();
+        // Live through its age-out second on this clock too: from this instant,
+        // the whole seconds left plus the one under way (at most a second more
+        // than the wall clock's count, never less).
+        let held_until =
+            mono.saturating_add(age_out.abs_diff(now).saturating_add(1).saturating_mul(1000));
         for attempt in 0..2 {
             {
                 let mut s = shard.lock();
@@ -332,7 +340,7 @@ impl ReplayCache {
     /// Drops aged-out entries from every shard and returns every unused slot
     /// to the global count.
     pub fn purge_expired(&self, now: UnixTime) {
-        let mono = self.clock.secs();
+        let mono = self.clock.millis();
         for shard in self.shards.iter() {
             self.expire_locked(&mut shard.0.lock(), now.as_secs(), mono, 0);
         }
@@ -380,7 +388,7 @@ mod tests {
         assert_eq!(c.len(), 1);
     }
 
-    /// A cache on a monotonic clock the test sets (seconds).
+    /// A cache on a monotonic clock the test sets (milliseconds).
     fn manual(capacity: usize) -> (ReplayCache, Arc<std::sync::atomic::AtomicU64>) {
         let secs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let c = ReplayCache::with_clock(capacity, Monotonic::Manual(secs.clone()));
@@ -393,10 +401,10 @@ mod tests {
         c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
         // 10 s later the wall clock jumps an hour ahead; a purge there must not forget the
         // nonce, because the step is corrected 10 s after that, inside the signature's window.
-        mono.store(10, Ordering::Relaxed);
+        mono.store(10_000, Ordering::Relaxed);
         c.purge_expired(UnixTime(4610));
         assert_eq!(c.len(), 1);
-        mono.store(20, Ordering::Relaxed);
+        mono.store(20_000, Ordering::Relaxed);
         assert_eq!(
             c.insert("k", "n", UnixTime(1300), UnixTime(1020)),
             Err(ReplayError::Replay)
@@ -406,29 +414,32 @@ mod tests {
         w.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
         w.purge_expired(UnixTime(4610));
         w.insert("k", "n", UnixTime(1300), UnixTime(1020)).unwrap();
-        // Once both clocks say the 300 s are over, the entry goes.
-        mono.store(300, Ordering::Relaxed);
+        // Once both clocks say the 300 s are over (through the age-out second, counted from the
+        // insert on the monotonic clock: 301 s), the entry goes.
+        mono.store(300_999, Ordering::Relaxed);
         c.purge_expired(UnixTime(1301));
-        assert_eq!(c.len(), 1, "the monotonic clock is one second short");
-        mono.store(301, Ordering::Relaxed);
+        assert_eq!(c.len(), 1, "the monotonic clock is a millisecond short");
+        mono.store(301_000, Ordering::Relaxed);
         c.purge_expired(UnixTime(1301));
         assert_eq!(c.len(), 0);
     }
 
+    /// The wall-clock rule, which the monotonic one must not override: on the monotonic clock
+    /// alone the entry would go here.
     #[test]
     fn a_wall_clock_stepped_back_keeps_entries_until_it_passes_their_age_out() {
         let (c, mono) = manual(10);
         c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
         // Far more than the lifetime passes on the monotonic clock, but the wall clock went
         // back: the signature becomes valid again once it reaches 1000, so the entry stays.
-        mono.store(400, Ordering::Relaxed);
+        mono.store(400_000, Ordering::Relaxed);
         c.purge_expired(UnixTime(900));
-        mono.store(600, Ordering::Relaxed);
+        mono.store(600_000, Ordering::Relaxed);
         assert_eq!(
             c.insert("k", "n", UnixTime(1300), UnixTime(1100)),
             Err(ReplayError::Replay)
         );
-        mono.store(801, Ordering::Relaxed);
+        mono.store(801_000, Ordering::Relaxed);
         c.insert("k", "n", UnixTime(1601), UnixTime(1301)).unwrap();
     }
 
@@ -438,10 +449,10 @@ mod tests {
         c.insert("k", "n", UnixTime(1300), UnixTime(1000)).unwrap();
         // A clock that was behind and is put right: entries go once their remaining 300 s have
         // passed for real, not later (the cache does not fill with the dead).
-        mono.store(10, Ordering::Relaxed);
+        mono.store(10_000, Ordering::Relaxed);
         c.purge_expired(UnixTime(5000));
         assert_eq!(c.len(), 1);
-        mono.store(301, Ordering::Relaxed);
+        mono.store(301_000, Ordering::Relaxed);
         c.purge_expired(UnixTime(5291));
         assert_eq!(c.len(), 0);
     }

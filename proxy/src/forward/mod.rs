@@ -24,9 +24,9 @@ use pingora_core::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
-// Hop-by-hop fields (RFC 9110 §7.6.1) never cross the proxy: the same list the verifier refuses
-// to see covered, so that what was signed arrives.
-use zen_trust::signature::HOP_BY_HOP;
+// What never crosses the proxy as the client sent it is what the verifier refuses to see covered
+// (`dropped_in_transit`), so that what was signed arrives.
+use zen_trust::signature::{dropped_in_transit, HOP_BY_HOP};
 
 use crate::config::Upstream;
 use crate::decision::Admitted;
@@ -35,7 +35,7 @@ use crate::tls::identity::PeerIdentity;
 
 pub const X_ZEN_SPIFFE_ID: &str = "x-zen-spiffe-id";
 pub const X_ZEN_KEY_ID: &str = "x-zen-key-id";
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub const XFCC: &str = zen_trust::signature::XFCC;
 
 pub struct Upstreams {
     /// name → (index for the pool, settings, pingora peer)
@@ -273,13 +273,13 @@ pub fn upstream_request(
     let mut headers = HeaderMap::with_capacity(orig.headers.len() + 4);
     for (name, value) in orig.headers.iter() {
         let n = name.as_str();
-        if n.starts_with("x-zen-")
-            || n == XFCC
+        // Hop-by-hop, the mesh's identity fields (set below), and `Expect` (the whole body is
+        // already here; the upstream must not wait for a go-ahead).
+        if dropped_in_transit(n)
+            // Re-derived from the body actually held, below.
             || n == "content-length"
-            // The whole body is already here; the upstream must not wait for a go-ahead.
-            || n == "expect"
-            || HOP_BY_HOP.contains(&n)
-            || connection_names().any(|c| c.eq_ignore_ascii_case(n))
+            // The authority was decided on `Host`: a Connection option cannot take it away.
+            || (n != "host" && connection_names().any(|c| c.eq_ignore_ascii_case(n)))
         {
             continue;
         }

@@ -56,7 +56,8 @@ async fn signed_get_reaches_upstream_with_identity_headers_and_spoofs_stripped()
 async fn hop_by_hop_and_connection_named_headers_stay_at_the_proxy() {
     let env = Env::start().await;
     let req = Req::get("/agent/v1/clusters/c1/desired-state")
-        .header("Connection", "keep-alive, X-Hop-Only")
+        // Naming Host does not take the authority away: the request was decided on it.
+        .header("Connection", "keep-alive, X-Hop-Only, Host")
         .header("X-Hop-Only", "1")
         .header("Keep-Alive", "timeout=5")
         .header("Proxy-Connection", "keep-alive")

@@ -30,8 +30,7 @@ pub const ALG: &str = "hmac-sha256";
 
 /// Fields an intermediary removes before forwarding (RFC 9110 §7.6.1; and
 /// `Trailer`, meaningless once the body is re-framed), besides any the
-/// `Connection` field names. A signature may not cover them: the recipient
-/// would not get what was signed.
+/// `Connection` field names.
 pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -41,6 +40,23 @@ pub const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The mesh's identity fields: the proxy removes whatever a client sent and
+/// sets its own.
+pub const MESH_FIELD_PREFIX: &str = "x-zen-";
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// Whether the proxy drops or replaces this field, whatever its value, on the
+/// way to the upstream: hop-by-hop fields, the mesh's own identity fields,
+/// and `Expect` (the proxy holds the whole body before it forwards). Besides
+/// these, it drops whatever `Connection` names. A signature may cover none of
+/// them: the upstream would not get what was signed.
+pub fn dropped_in_transit(lowercase_name: &str) -> bool {
+    HOP_BY_HOP.contains(&lowercase_name)
+        || lowercase_name.starts_with(MESH_FIELD_PREFIX)
+        || lowercase_name == XFCC
+        || lowercase_name == "expect"
+}
 
 /// The request as the verifier (or signer) sees it. `scheme` is always
 /// `https` in this profile.

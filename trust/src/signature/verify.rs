@@ -12,7 +12,7 @@ use super::digest::check_content_digest;
 use super::input::{
     parse_params, parse_signature, parse_signature_input, parse_signature_input_into, PList,
 };
-use super::{RequestParts, SignatureError, VerifyPolicy, ALG, HOP_BY_HOP};
+use super::{dropped_in_transit, RequestParts, SignatureError, VerifyPolicy, ALG};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
 use crate::replay::ReplayToken;
 use crate::time::UnixTime;
@@ -171,19 +171,23 @@ fn check_coverage(
             )));
         }
     }
-    // A covered field must reach the upstream as signed; a hop-by-hop one is removed on the way.
-    let mut connection = None;
+    // A covered field must reach the upstream as signed; one the proxy drops or replaces would not.
+    let mut connection: Option<Option<std::borrow::Cow<'_, str>>> = None;
     for c in components {
         let Kind::Field { name, .. } = c.kind else {
             continue;
         };
-        if HOP_BY_HOP.contains(&name) {
+        if dropped_in_transit(name) {
             return Err(malformed(format!(
-                "covered field {name:?} is hop-by-hop: the upstream would not receive it"
+                "covered field {name:?} is hop-by-hop or set by the proxy: the upstream would \
+                 not receive it as signed"
             )));
         }
         // Read once, and only when a field is covered.
-        let connection = connection.get_or_insert_with(|| req.headers.combined("connection"));
+        let connection = match connection {
+            Some(ref c) => c,
+            None => connection.insert(connection_field(req.headers)?),
+        };
         if connection.as_deref().is_some_and(|v| {
             v.split(',')
                 .any(|token| token.trim().eq_ignore_ascii_case(name))
@@ -223,6 +227,21 @@ fn check_coverage(
         ));
     }
     Ok(())
+}
+
+/// The `Connection` field's text. One line that is not UTF-8 would hide the
+/// names on every other line from the check, while the forwarder still drops
+/// them: malformed.
+fn connection_field(
+    headers: &dyn super::HeaderLookup,
+) -> Result<Option<std::borrow::Cow<'_, str>>, SignatureError> {
+    match headers.combined("connection") {
+        None if headers.present("connection") => Err(malformed(
+            "Connection: its value is not UTF-8 text, so the fields it names cannot be checked \
+             against the covered ones",
+        )),
+        text => Ok(text),
+    }
 }
 
 /// created within [now - max_age, now + max_skew], expires not passed.
