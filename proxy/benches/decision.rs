@@ -228,6 +228,7 @@ impl Bench {
             uri_authority: None,
             path: req.path,
             query: None,
+            target_is_text: true,
             headers: &signed.headers,
             content_length: (!req.body.is_empty()).then_some(req.body.len()),
         };
@@ -237,7 +238,7 @@ impl Bench {
             Some(&self.peer),
             &view,
             &mut signed.body,
-            signed.now,
+            &|| signed.now,
         ))
     }
 }

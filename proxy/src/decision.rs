@@ -31,6 +31,9 @@ pub struct RequestView<'a> {
     pub uri_authority: Option<&'a str>,
     pub path: &'a str,
     pub query: Option<&'a str>,
+    /// Whether the target's bytes were UTF-8 text. If not, `path` and `query` hold a lossy
+    /// decoding, under which different bytes would verify alike: refused.
+    pub target_is_text: bool,
     pub headers: &'a HeaderMap,
     /// `Content-Length`, when the client declared one.
     pub content_length: Option<usize>,
@@ -74,14 +77,19 @@ impl From<ReplayError> for Refusal {
     }
 }
 
+/// `clock` is read when the head is decided on and again once the body is in:
+/// the signature's window and the replay cache judge the request as of its
+/// last byte, so a body that takes longer than the window to arrive cannot
+/// carry a signature past it (or past its replay entry).
 pub async fn decide(
     state: &State,
     policy: &VerifyPolicy,
     conn: Option<&ConnIdentity>,
     req: &RequestView<'_>,
     body: &mut dyn BodySource,
-    now: UnixTime,
+    clock: &(dyn Fn() -> UnixTime + Sync),
 ) -> Result<Admitted, Refusal> {
+    let now = clock();
     // 1. Identity, established once at handshake completion.
     let peer: Option<&PeerIdentity> = match conn {
         // A connection outlives its handshake: its chain must still be valid now, and still
@@ -98,8 +106,13 @@ pub async fn decide(
     }
 
     // The authority the signature's "@authority" and "@target-uri" are rebuilt from, and the one
-    // the upstream is told: it must be unambiguous.
+    // the upstream is told: it must be unambiguous. The target must be the bytes received.
     let authority = request_authority(req)?;
+    if !req.target_is_text {
+        return Err(Refusal::RequestMalformed {
+            detail: "the request target is not UTF-8 text".to_owned(),
+        });
+    }
 
     // 2. Route.
     let routes = state.routes.load();
@@ -128,6 +141,12 @@ pub async fn decide(
 
     // 4. Body, read whole and bounded before any upstream is chosen.
     let body = read_bounded(body, req.content_length, route.max_body_bytes).await?;
+    // The rest is judged as of the body's last byte, which may have been long in coming (even an
+    // empty one: a chunked body's last chunk can be held back). So is the certificate.
+    let now = clock();
+    if peer.is_some_and(|p| !p.holds(now)) {
+        return Err(Refusal::ClientCertRequired);
+    }
 
     // 5. Signature.
     let keys = (route.hmac == Hmac::Required).then(|| state.keys.load());
@@ -195,9 +214,10 @@ pub async fn decide(
 }
 
 /// The request's authority: its one `Host` field, or the target's authority when there is no
-/// `Host` (HTTP/2 may send only `:authority`), or "" with neither. Refused when it is ambiguous:
-/// more than one `Host`, a `Host` that is not visible ASCII, or a `Host` that differs from the
-/// target's authority — the signature would cover one while the upstream may act on another.
+/// `Host` (HTTP/2 may send only `:authority`). Refused when there is neither (a signature over
+/// an empty authority would hold for any host), or when it is ambiguous: more than one `Host`,
+/// a `Host` that is not visible ASCII, or a `Host` that differs from the target's authority —
+/// the signature would cover one while the upstream may act on another.
 fn request_authority<'a>(req: &RequestView<'a>) -> Result<&'a str, Refusal> {
     let malformed = |detail: &str| Refusal::RequestMalformed {
         detail: detail.to_owned(),
@@ -212,12 +232,14 @@ fn request_authority<'a>(req: &RequestView<'a>) -> Result<&'a str, Refusal> {
         (Some(_), Some(_)) => return Err(malformed("more than one Host header")),
     };
     match (host, req.uri_authority) {
+        (None | Some(""), None) => Err(malformed(
+            "the request names no authority: no Host header, and none in its target",
+        )),
         (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => Err(malformed(
             "the Host header differs from the request target's authority",
         )),
         (Some(h), _) => Ok(h),
         (None, Some(a)) => Ok(a),
-        (None, None) => Ok(""),
     }
 }
 
@@ -266,6 +288,7 @@ mod tests {
                 uri_authority,
                 path: "/",
                 query: None,
+                target_is_text: true,
                 headers,
                 content_length: None,
             };
@@ -284,9 +307,12 @@ mod tests {
             view(&HeaderMap::new(), Some("h2.zen.local")),
             Ok("h2.zen.local".into())
         );
-        assert_eq!(view(&HeaderMap::new(), None), Ok(String::new()));
 
         let refused = Err("request_malformed");
+        assert_eq!(view(&HeaderMap::new(), None), refused);
+        let mut empty = HeaderMap::new();
+        empty.insert(http::header::HOST, "".parse().unwrap());
+        assert_eq!(view(&empty, None), refused);
         assert_eq!(view(&one, Some("other.zen.local")), refused);
         let mut two = one.clone();
         two.append(http::header::HOST, "evil.zen.local".parse().unwrap());

@@ -129,6 +129,7 @@ impl ProxyHttp for ZenProxy {
             uri_authority: uri.authority().map(|a| a.as_str()),
             path: uri.path(),
             query: uri.query(),
+            target_is_text: req.raw_path_is_utf8(),
             headers: &headers,
             content_length,
         };
@@ -143,7 +144,7 @@ impl ProxyHttp for ZenProxy {
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
                 session,
             },
-            UnixTime::now(),
+            &UnixTime::now,
         )
         .await;
         let admitted = match decided {

@@ -286,6 +286,10 @@ pub fn upstream_request(
         // No case map: lowercase names are valid HTTP/1.1 (RFC 9110 §5.1).
         headers.append(name.clone(), value.clone());
     }
+    // Rare, and found without a lookup per field: some field arrived on several lines.
+    if headers.keys_len() != headers.len() {
+        join_repeated(&mut headers);
+    }
     if !headers.contains_key(header::HOST) {
         if let Some(a) = orig
             .uri
@@ -328,6 +332,39 @@ pub fn upstream_request(
         .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
     parts.headers = headers;
     RequestHeader::from(parts)
+}
+
+/// Sends each field that arrived on several lines as one line: the signature covered its lines
+/// joined (RFC 9421 §2.1: each value trimmed, then ", "), while an upstream may read only the
+/// first line of a field it expects once. Cookies are joined with "; ", as RFC 9113 §8.2.3 asks
+/// for HTTP/2's split `cookie` fields on their way to HTTP/1.1.
+fn join_repeated(headers: &mut HeaderMap) {
+    let repeated: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| headers.get_all(*name).iter().nth(1).is_some())
+        .cloned()
+        .collect();
+    for name in repeated {
+        let separator: &[u8] = if name == header::COOKIE { b"; " } else { b", " };
+        let mut joined = Vec::new();
+        for (i, value) in headers.get_all(&name).iter().enumerate() {
+            if i > 0 {
+                joined.extend_from_slice(separator);
+            }
+            joined.extend_from_slice(trim_ows(value.as_bytes()));
+        }
+        // Valid lines joined by visible separators stay a valid value.
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+fn trim_ows(b: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !is_ows(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_ows(c)).map_or(start, |i| i + 1);
+    &b[start..end]
 }
 
 /// Whether an exchange on a reused connection failed the way a connection the upstream closed

@@ -86,6 +86,25 @@ async fn hop_by_hop_and_connection_named_headers_stay_at_the_proxy() {
     assert!(r.header("content-length").is_none());
 }
 
+/// A covered field sent on two lines is verified as the lines joined; the upstream gets that one
+/// joined line, not two of which it might read only the first. Cookies join with "; ".
+#[tokio::test(flavor = "multi_thread")]
+async fn a_field_on_several_lines_reaches_the_upstream_as_the_one_value_signed() {
+    let env = Env::start().await;
+    let mut req = Req::get("/agent/v1/clusters/c1/desired-state")
+        .header("X-Tenant", "a ")
+        .header("X-Tenant", "b")
+        .header("Cookie", "s=1")
+        .header("Cookie", "t=2");
+    req.cover = vec!["x-tenant".into()];
+    let req = req.signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let got = env.upstream.requests();
+    assert_eq!(got[0].headers_named("x-tenant"), vec!["a, b"]);
+    assert_eq!(got[0].headers_named("cookie"), vec!["s=1; t=2"]);
+}
+
 async fn post_body_of(env: &Env, size: usize) {
     let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let req = Req::post(BULK_PATH, body.clone()).signed(&env.a1.key_id, &env.a1.secret);

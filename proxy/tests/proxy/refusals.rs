@@ -470,3 +470,31 @@ async fn signature_malformed_covered_field_not_utf8() {
         "{resp:?}"
     );
 }
+
+/// The signature's window is judged once the body is in, not when the head arrived: a body held
+/// back past the window cannot carry its signature through (nor a copy of an accepted request,
+/// once that one's replay entry has aged out).
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_stale_when_the_body_arrives_after_the_window() {
+    let env = Env::start().await;
+    // 297 s old at the head (inside the 300 s window); ≥ 301 s once its last bytes arrive.
+    let created = UnixTime(UnixTime::now().as_secs() - 297);
+    let body = br#"{"cluster":"c1","status":"held back"}"#.to_vec();
+    let req = Req::post("/agent/v1/heartbeat", body).signed_at(
+        &env.a1.key_id,
+        &env.a1.secret,
+        created,
+        None,
+    );
+    let before = env.refusals("signature_stale").await;
+    let mut conn = env.conn(&env.a1).await;
+    let len = req.encode().len();
+    let resp = conn
+        .send_in_pieces(&req, &[len - 5], std::time::Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 401, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.error_code(), "signature_stale");
+    assert_eq!(env.refusals("signature_stale").await, before + 1.0);
+    assert_eq!(env.upstream.bytes(), 0);
+}

@@ -157,6 +157,12 @@ impl HeaderLookup for Overlay<'_> {
             self.inner.combined(lowercase_name)
         }
     }
+
+    // The inner view's own answer: the default would report a field whose bytes are not text
+    // as absent.
+    fn present(&self, lowercase_name: &str) -> bool {
+        lowercase_name == self.name || self.inner.present(lowercase_name)
+    }
 }
 
 #[cfg(test)]
