@@ -26,7 +26,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 // What never crosses the proxy as the client sent it is what the verifier refuses to see covered
 // (`dropped_in_transit`), so that what was signed arrives.
-use zen_trust::signature::{dropped_in_transit, HOP_BY_HOP};
+use zen_trust::signature::{dropped_in_transit, trim_ows_bytes, HOP_BY_HOP};
 
 use crate::config::Upstream;
 use crate::decision::Admitted;
@@ -337,7 +337,8 @@ pub fn upstream_request(
 /// Sends each field that arrived on several lines as one line: the signature covered its lines
 /// joined (RFC 9421 §2.1: each value trimmed, then ", "), while an upstream may read only the
 /// first line of a field it expects once. Cookies are joined with "; ", as RFC 9113 §8.2.3 asks
-/// for HTTP/2's split `cookie` fields on their way to HTTP/1.1.
+/// for HTTP/2's split `cookie` fields on their way to HTTP/1.1; a signature may not cover a
+/// cookie sent on several lines (the verifier refuses it), so no signed value changes here.
 fn join_repeated(headers: &mut HeaderMap) {
     let repeated: Vec<HeaderName> = headers
         .keys()
@@ -351,20 +352,13 @@ fn join_repeated(headers: &mut HeaderMap) {
             if i > 0 {
                 joined.extend_from_slice(separator);
             }
-            joined.extend_from_slice(trim_ows(value.as_bytes()));
+            joined.extend_from_slice(trim_ows_bytes(value.as_bytes()));
         }
         // Valid lines joined by visible separators stay a valid value.
         if let Ok(value) = HeaderValue::from_bytes(&joined) {
             headers.insert(name, value);
         }
     }
-}
-
-fn trim_ows(b: &[u8]) -> &[u8] {
-    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
-    let start = b.iter().position(|c| !is_ows(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !is_ows(c)).map_or(start, |i| i + 1);
-    &b[start..end]
 }
 
 /// Whether an exchange on a reused connection failed the way a connection the upstream closed

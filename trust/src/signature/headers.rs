@@ -16,6 +16,12 @@ pub trait HeaderLookup {
     fn present(&self, lowercase_name: &str) -> bool {
         self.combined(lowercase_name).is_some()
     }
+
+    /// Whether the field arrived on more than one line.
+    fn repeated(&self, lowercase_name: &str) -> bool {
+        let _ = lowercase_name;
+        false
+    }
 }
 
 /// Why a covered field could not be read: absent, or not UTF-8 text.
@@ -31,7 +37,9 @@ fn trim_ows(s: &str) -> &str {
     s.trim_matches(|c| c == ' ' || c == '\t')
 }
 
-fn trim_ows_bytes(b: &[u8]) -> &[u8] {
+/// A field value without leading and trailing spaces and tabs: what RFC 9421
+/// §2.1 signs of each line (and what a forwarder joining lines must send).
+pub fn trim_ows_bytes(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|c| *c != b' ' && *c != b'\t')
@@ -101,6 +109,10 @@ impl HeaderLookup for http::HeaderMap {
     fn present(&self, lowercase_name: &str) -> bool {
         self.contains_key(lowercase_name)
     }
+
+    fn repeated(&self, lowercase_name: &str) -> bool {
+        self.get_all(lowercase_name).iter().nth(1).is_some()
+    }
 }
 
 impl HeaderLookup for [(&str, &str)] {
@@ -162,6 +174,10 @@ impl HeaderLookup for Overlay<'_> {
     // as absent.
     fn present(&self, lowercase_name: &str) -> bool {
         lowercase_name == self.name || self.inner.present(lowercase_name)
+    }
+
+    fn repeated(&self, lowercase_name: &str) -> bool {
+        lowercase_name != self.name && self.inner.repeated(lowercase_name)
     }
 }
 

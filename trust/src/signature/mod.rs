@@ -17,7 +17,7 @@ use std::time::Duration;
 
 pub use crate::keys::{KeyEntry, KeyLookup, SingleKey};
 pub use digest::{content_digest, DigestAlg};
-pub use headers::{HeaderLookup, Overlay};
+pub use headers::{trim_ows_bytes, HeaderLookup, Overlay};
 pub use sign::{mac_base64, sign, CoverSet, SignOptions, SignedHeaders};
 pub use verify::{signature_base, verify, Verified};
 

@@ -910,3 +910,45 @@ fn a_connection_line_that_is_not_utf8_cannot_hide_the_others() {
         "Connection: its value is not UTF-8 text",
     );
 }
+
+#[test]
+fn a_covered_cookie_on_several_lines_is_malformed() {
+    // "s=1, t=2" signed on one line (one cookie to the upstream) would verify the two lines
+    // "s=1" and "t=2" too, forwarded as "s=1; t=2" (two cookies). One line is fine.
+    let f = fixture();
+    let inner =
+        r#"("@method" "@authority" "@path" "cookie");created=1800000000;keyid="k1";nonce="n""#;
+    let mut h = http::HeaderMap::new();
+    h.insert("host", "api.zen.local".parse().unwrap());
+    h.insert("cookie", "s=1, t=2".parse().unwrap());
+    let mut r = Req::get("/x", None);
+    r.set("cookie", "s=1, t=2");
+    r.craft(inner, &f.secret);
+    for (n, v) in &r.headers {
+        if n.starts_with("signature") {
+            h.insert(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+    }
+    let verify_with = |h: &http::HeaderMap| {
+        verify(
+            &VerifyPolicy::default(),
+            &RequestParts {
+                headers: h,
+                ..r.parts()
+            },
+            None,
+            &f.keys,
+            NOW,
+        )
+    };
+    verify_with(&h).expect("one cookie line");
+    h.insert("cookie", "s=1".parse().unwrap());
+    h.append("cookie", "t=2".parse().unwrap());
+    malformed_containing(
+        verify_with(&h),
+        "covered field \"cookie\" is on more than one line",
+    );
+}

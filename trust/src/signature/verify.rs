@@ -183,6 +183,14 @@ fn check_coverage(
                  not receive it as signed"
             )));
         }
+        // Signed as its lines joined with ", ", but sent on as one line joined with "; " (RFC
+        // 9113 §8.2.3): "a=1, b=2" on one line would verify as the two cookies a=1 and b=2.
+        if name == "cookie" && req.headers.repeated("cookie") {
+            return Err(malformed(
+                "covered field \"cookie\" is on more than one line: send the cookies on one \
+                 line, separated by \"; \"",
+            ));
+        }
         // Read once, and only when a field is covered.
         let connection = match connection {
             Some(ref c) => c,
