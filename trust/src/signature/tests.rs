@@ -84,6 +84,32 @@ impl Req {
     ) -> Result<Verified<'k>, SignatureError> {
         verify(&VerifyPolicy::default(), &self.parts(), body, keys, NOW)
     }
+
+    /// The headers as an `http::HeaderMap`, which can then hold what `Req` cannot: values that
+    /// are not text, a field on several lines.
+    fn header_map(&self) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in &self.headers {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    /// [`Req::verify`] (no body) with `headers` in place of the request's own.
+    fn verify_headers<'k>(
+        &self,
+        headers: &http::HeaderMap,
+        keys: &'k KeySet,
+    ) -> Result<Verified<'k>, SignatureError> {
+        let parts = RequestParts {
+            headers,
+            ..self.parts()
+        };
+        verify(&VerifyPolicy::default(), &parts, None, keys, NOW)
+    }
 }
 
 struct Fixture {
@@ -115,6 +141,17 @@ fn fixture() -> Fixture {
     )
     .unwrap();
     Fixture { secret, keys }
+}
+
+/// A GET to `/x` whose signature covers the field `field`, sent as `value`.
+fn covering(field: &str, value: &str, secret: &Secret) -> Req {
+    let inner = format!(
+        r#"("@method" "@authority" "@path" "{field}");created=1800000000;keyid="k1";nonce="n""#
+    );
+    let mut r = Req::get("/x", None);
+    r.set(field, value);
+    r.craft(&inner, secret);
+    r
 }
 
 fn malformed_containing(r: Result<Verified<'_>, SignatureError>, needle: &str) {
@@ -818,11 +855,7 @@ fn a_covered_field_that_is_not_utf8_is_malformed() {
 #[test]
 fn a_covered_field_that_would_not_reach_the_upstream_is_malformed() {
     let f = fixture();
-    let inner =
-        r#"("@method" "@authority" "@path" "x-tenant");created=1800000000;keyid="k1";nonce="n""#;
-    let mut r = Req::get("/x", None);
-    r.set("x-tenant", "t1");
-    r.craft(inner, &f.secret);
+    let mut r = covering("x-tenant", "t1", &f.secret);
     r.verify(None, &f.keys)
         .expect("signed x-tenant, no Connection");
     // A Connection field naming it (in any case, among other tokens) makes it hop-by-hop: the
@@ -850,14 +883,8 @@ fn a_covered_field_that_would_not_reach_the_upstream_is_malformed() {
         "x-forwarded-client-cert",
         "expect",
     ] {
-        let mut r = Req::get("/x", None);
-        r.set(field, "v");
-        r.craft(
-            &format!(r#"("@method" "@authority" "@path" "{field}");created=1800000000;keyid="k1";nonce="n""#),
-            &f.secret,
-        );
         malformed_containing(
-            r.verify(None, &f.keys),
+            covering(field, "v", &f.secret).verify(None, &f.keys),
             &format!("covered field \"{field}\" is hop-by-hop or set by the proxy"),
         );
     }
@@ -868,45 +895,17 @@ fn a_connection_line_that_is_not_utf8_cannot_hide_the_others() {
     // `Connection: x-tenant` and `Connection: \xff`: the forwarder reads the first line and drops
     // x-tenant, so the verifier may not read the field as absent.
     let f = fixture();
-    let inner =
-        r#"("@method" "@authority" "@path" "x-tenant");created=1800000000;keyid="k1";nonce="n""#;
-    let mut r = Req::get("/x", None);
-    r.set("x-tenant", "t1");
-    r.craft(inner, &f.secret);
-    let mut h = http::HeaderMap::new();
-    for (n, v) in &r.headers {
-        h.append(
-            http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    verify(
-        &VerifyPolicy::default(),
-        &RequestParts {
-            headers: &h,
-            ..r.parts()
-        },
-        None,
-        &f.keys,
-        NOW,
-    )
-    .expect("signed, without Connection");
+    let r = covering("x-tenant", "t1", &f.secret);
+    let mut h = r.header_map();
+    r.verify_headers(&h, &f.keys)
+        .expect("signed, without Connection");
     h.append("connection", "x-tenant".parse().unwrap());
     h.append(
         "connection",
         http::HeaderValue::from_bytes(b"\xff").unwrap(),
     );
     malformed_containing(
-        verify(
-            &VerifyPolicy::default(),
-            &RequestParts {
-                headers: &h,
-                ..r.parts()
-            },
-            None,
-            &f.keys,
-            NOW,
-        ),
+        r.verify_headers(&h, &f.keys),
         "Connection: its value is not UTF-8 text",
     );
 }
@@ -916,39 +915,13 @@ fn a_covered_cookie_on_several_lines_is_malformed() {
     // "s=1, t=2" signed on one line (one cookie to the upstream) would verify the two lines
     // "s=1" and "t=2" too, forwarded as "s=1; t=2" (two cookies). One line is fine.
     let f = fixture();
-    let inner =
-        r#"("@method" "@authority" "@path" "cookie");created=1800000000;keyid="k1";nonce="n""#;
-    let mut h = http::HeaderMap::new();
-    h.insert("host", "api.zen.local".parse().unwrap());
-    h.insert("cookie", "s=1, t=2".parse().unwrap());
-    let mut r = Req::get("/x", None);
-    r.set("cookie", "s=1, t=2");
-    r.craft(inner, &f.secret);
-    for (n, v) in &r.headers {
-        if n.starts_with("signature") {
-            h.insert(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-    }
-    let verify_with = |h: &http::HeaderMap| {
-        verify(
-            &VerifyPolicy::default(),
-            &RequestParts {
-                headers: h,
-                ..r.parts()
-            },
-            None,
-            &f.keys,
-            NOW,
-        )
-    };
-    verify_with(&h).expect("one cookie line");
+    let r = covering("cookie", "s=1, t=2", &f.secret);
+    let mut h = r.header_map();
+    r.verify_headers(&h, &f.keys).expect("one cookie line");
     h.insert("cookie", "s=1".parse().unwrap());
     h.append("cookie", "t=2".parse().unwrap());
     malformed_containing(
-        verify_with(&h),
+        r.verify_headers(&h, &f.keys),
         "covered field \"cookie\" is on more than one line",
     );
 }
