@@ -498,3 +498,37 @@ async fn signature_stale_when_the_body_arrives_after_the_window() {
     assert_eq!(env.refusals("signature_stale").await, before + 1.0);
     assert_eq!(env.upstream.bytes(), 0);
 }
+
+/// A request target whose bytes are not UTF-8 never reaches the upstream. pingora 0.9.1 (this
+/// build) refuses the head itself with a bare 400 (no JSON, no metric: the documented gap); the
+/// decision's `target_is_text` check (`request_malformed`) stands behind it for a pingora that
+/// lets such a target through decoded lossily.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_that_is_not_utf8_is_refused_before_the_upstream() {
+    let env = Env::start().await;
+    let mut req = Req::get(&format!("{DS_C1}?t=QQ")).signed(&env.a1.key_id, &env.a1.secret);
+    req.wire_patch = Some((b"?t=QQ".to_vec(), b"?t=\xff".to_vec()));
+    let resp = env.agent(&env.a1, &req).await.unwrap();
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(env.upstream.bytes(), 0);
+}
+
+/// A request that names no authority (HTTP/1.0 without Host) is refused: a signature over an
+/// empty `@authority` would hold for any host.
+#[tokio::test(flavor = "multi_thread")]
+async fn request_malformed_no_authority() {
+    let env = Env::start().await;
+    let mut req = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
+    req.wire_patch = Some((
+        b" HTTP/1.1\r\nhost: localhost\r\n".to_vec(),
+        b" HTTP/1.0\r\n".to_vec(),
+    ));
+    let resp = env.refused(&req, 400, "request_malformed").await;
+    assert!(
+        resp.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("names no authority"),
+        "{resp:?}"
+    );
+}
