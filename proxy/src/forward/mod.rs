@@ -26,7 +26,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 // What never crosses the proxy as the client sent it is what the verifier refuses to see covered
 // (`dropped_in_transit`), so that what was signed arrives.
-use zen_trust::signature::{dropped_in_transit, trim_ows_bytes, HOP_BY_HOP};
+use zen_trust::signature::{connection_names, dropped_in_transit, trim_ows_bytes, HOP_BY_HOP};
 
 use crate::config::Upstream;
 use crate::decision::Admitted;
@@ -260,12 +260,11 @@ pub fn upstream_request(
     // The fields the client's Connection header names (RFC 9110 §7.6.1),
     // compared without regard to case: nothing is lowercased or collected.
     let connection = orig.headers.get_all(header::CONNECTION);
-    let connection_names = || {
+    let named = |n: &str| {
         connection
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .any(|v| connection_names(v, n))
     };
     // Bounded: pingora parses at most 256 HTTP/1 header fields and a 64 KiB
     // HTTP/2 header list (≤ 2,048 fields), far below the 24,576 entries at
@@ -279,7 +278,7 @@ pub fn upstream_request(
             // Re-derived from the body actually held, below.
             || n == "content-length"
             // The authority was decided on `Host`: a Connection option cannot take it away.
-            || (n != "host" && connection_names().any(|c| c.eq_ignore_ascii_case(n)))
+            || (n != "host" && named(n))
         {
             continue;
         }

@@ -58,6 +58,16 @@ pub fn dropped_in_transit(lowercase_name: &str) -> bool {
         || lowercase_name == "expect"
 }
 
+/// Whether a `Connection` field value (one line, or lines joined with ", ")
+/// names the field `name` among its comma-separated options, without regard
+/// to case (RFC 9110 §7.6.1). The one reading of the field for both the
+/// verifier and the proxy's forwarder.
+pub fn connection_names(connection: &str, name: &str) -> bool {
+    connection
+        .split(',')
+        .any(|token| token.trim().eq_ignore_ascii_case(name))
+}
+
 /// The request as the verifier (or signer) sees it. `scheme` is always
 /// `https` in this profile.
 #[derive(Clone, Copy)]

@@ -12,7 +12,9 @@ use super::digest::check_content_digest;
 use super::input::{
     parse_params, parse_signature, parse_signature_input, parse_signature_input_into, PList,
 };
-use super::{dropped_in_transit, RequestParts, SignatureError, VerifyPolicy, ALG};
+use super::{
+    connection_names, dropped_in_transit, RequestParts, SignatureError, VerifyPolicy, ALG,
+};
 use crate::keys::{KeyEntry, KeyLookup, KeyUnusable};
 use crate::replay::ReplayToken;
 use crate::time::UnixTime;
@@ -196,10 +198,10 @@ fn check_coverage(
             Some(ref c) => c,
             None => connection.insert(connection_field(req.headers)?),
         };
-        if connection.as_deref().is_some_and(|v| {
-            v.split(',')
-                .any(|token| token.trim().eq_ignore_ascii_case(name))
-        }) {
+        if connection
+            .as_deref()
+            .is_some_and(|v| connection_names(v, name))
+        {
             return Err(malformed(format!(
                 "covered field {name:?} is named by the Connection header, so it is hop-by-hop: \
                  the upstream would not receive it"
