@@ -451,6 +451,90 @@ async fn signature_malformed_covered_field_named_by_connection() {
     );
 }
 
+/// A signature may not cover what the proxy drops or replaces on the way up (the fixed
+/// hop-by-hop fields, `x-zen-*`, `x-forwarded-client-cert`, `Expect`): the upstream would act
+/// without what was signed, or with the proxy's value in its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_malformed_covered_field_dropped_in_transit() {
+    let env = Env::start().await;
+    for (field, value) in [
+        ("te", "trailers"),
+        ("upgrade", "h2c"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("trailer", "x-t"),
+        ("x-zen-tenant", "t1"),
+        ("x-zen-spiffe-id", A1),
+        (
+            "x-forwarded-client-cert",
+            "Hash=00;URI=spiffe://example.org/x",
+        ),
+        ("expect", "x-anything"),
+    ] {
+        let mut req = Req::get(DS_C1).header(field, value);
+        req.cover = vec![field.into()];
+        let req = req.signed(&env.a1.key_id, &env.a1.secret);
+        let resp = env.refused(&req, 400, "signature_malformed").await;
+        let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains(&format!(
+                "covered field \"{field}\" is hop-by-hop or set by the proxy"
+            )),
+            "{field}: {detail}"
+        );
+    }
+}
+
+/// A covered Cookie on two lines verifies as "a, b" but would reach the upstream as "a; b"
+/// (two cookies where one was signed), so it is refused; on one line it is admitted.
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_malformed_covered_cookie_on_two_lines() {
+    let env = Env::start().await;
+    let mut one = Req::get(DS_C1).header("cookie", "s=1, t=2");
+    one.cover = vec!["cookie".into()];
+    let one = one.signed(&env.a1.key_id, &env.a1.secret);
+    // Signed as the one line "s=1, t=2", sent as the two lines a joined reading gives back.
+    let mut two = one.clone();
+    two.wire_patch = Some((
+        b"cookie: s=1, t=2".to_vec(),
+        b"cookie: s=1\r\ncookie: t=2".to_vec(),
+    ));
+    let resp = env.refused(&two, 400, "signature_malformed").await;
+    let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("covered field \"cookie\" is on more than one line"),
+        "{detail}"
+    );
+    let resp = env.agent(&env.a1, &one).await.unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+}
+
+/// A Content-Digest that lists sha-256 twice is refused even when the signature covers it as
+/// sent and one member matches the body: a recipient reading the other member would see a
+/// digest of different content.
+#[tokio::test(flavor = "multi_thread")]
+async fn signature_malformed_content_digest_lists_an_algorithm_twice() {
+    let env = Env::start().await;
+    let body = br#"{"cluster":"c1","status":"ok"}"#.to_vec();
+    let good = zen_trust::signature::content_digest(zen_trust::signature::DigestAlg::Sha256, &body);
+    let other =
+        zen_trust::signature::content_digest(zen_trust::signature::DigestAlg::Sha256, b"other");
+    for listed in [format!("{other}, {good}"), format!("{good}, {good}")] {
+        // Signed without a body, so that the signature covers this Content-Digest as it is.
+        let mut req =
+            Req::post("/agent/v1/heartbeat", Vec::new()).header("content-digest", &listed);
+        req.cover = vec!["content-digest".into()];
+        let mut req = req.signed(&env.a1.key_id, &env.a1.secret);
+        req.body = body.clone();
+        let resp = env.refused(&req, 400, "signature_malformed").await;
+        let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+        assert!(
+            detail.contains("lists sha-256 more than once"),
+            "{listed}: {detail}"
+        );
+    }
+}
+
 /// A covered field whose bytes are not UTF-8 is refused, not verified as text: here the client
 /// signed `a\u{fffd}b` and sends `a\xffb`, which a lossy decoding would read as the signed text
 /// while forwarding other bytes.
