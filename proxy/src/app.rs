@@ -14,7 +14,7 @@ use zen_trust::signature::VerifyPolicy;
 use crate::accept::{self, AcceptService};
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::downstream::WaitForRequest;
+use crate::downstream::{HeadRefusals, WaitForRequest};
 use crate::forward::Upstreams;
 use crate::metrics::Metrics;
 use crate::policy::Listener;
@@ -166,7 +166,7 @@ fn proxy_service(
         address,
         server.configuration.threads,
         tls,
-        WaitForRequest::new(proxy),
+        WaitForRequest::new(proxy, HeadRefusals::new(metrics, name)),
         metrics.tls_handshakes_started.with_label_values(&[name]),
     )
 }

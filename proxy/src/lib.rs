@@ -20,6 +20,7 @@ mod accept;
 mod admin;
 mod downstream;
 mod forward;
+mod head;
 mod reload;
 mod service;
 mod unsent;

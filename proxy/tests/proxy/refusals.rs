@@ -418,18 +418,104 @@ async fn a_mismatched_peer_cannot_spend_another_agents_nonce() {
 }
 
 /// Two `Host` fields make the authority ambiguous: the signature covers one, the upstream might
-/// act on the other. pingora 0.9.1 refuses such a head while parsing it, before the proxy's
-/// code runs, with a bare 400 (no JSON body, no refusal metric); the decision's own check
-/// (`request_malformed`, unit-tested in decision.rs) stands behind it. Either way nothing
-/// reaches the upstream.
+/// act on the other. pingora 0.9.1 would refuse such a head while parsing it with its bare 400;
+/// the proxy checks the head first (head.rs) and refuses it with the contract's JSON and metric.
 #[tokio::test(flavor = "multi_thread")]
-async fn two_host_headers_are_refused_before_the_upstream() {
+async fn two_host_headers_are_request_malformed() {
     let env = Env::start().await;
     let req = Req::get(DS_C1)
         .header("host", "evil.zen.local")
         .signed(&env.a1.key_id, &env.a1.secret);
-    let resp = env.agent(&env.a1, &req).await.unwrap();
-    assert_eq!(resp.status, 400, "{resp:?}");
+    let resp = env.refused(&req, 400, "request_malformed").await;
+    assert_eq!(resp.json()["detail"], "more than one Host field");
+}
+
+/// Every kind of head that pingora would refuse with its bare 400 gets the contract's answer
+/// instead (status, JSON, metric, nothing upstream), and the connection is closed after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_pingora_would_refuse_are_request_malformed() {
+    let env = Env::start().await;
+    let before = env
+        .metric("zen_proxy_requests_total{listener=\"agent\",route=\"-\",status=\"400\"}")
+        .await;
+    let host = b"host: localhost\r\n".to_vec();
+    let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            host.clone(),
+            b"host: localhost\r\ncontent-length: 5, 6\r\n".to_vec(),
+            "Content-Length is not one decimal number",
+        ),
+        (
+            host.clone(),
+            b"host: localhost\r\ncontent-length: +0\r\n".to_vec(),
+            "Content-Length is not one decimal number",
+        ),
+        (
+            host.clone(),
+            b"host: localhost\r\ntransfer-encoding: gzip\r\n".to_vec(),
+            "the final Transfer-Encoding is not chunked",
+        ),
+        (
+            host.clone(),
+            b"host: localhost\r\nbad name: v\r\n".to_vec(),
+            "the request head is not valid HTTP/1.1: invalid header name",
+        ),
+        (
+            host.clone(),
+            b"host: u@localhost\r\n".to_vec(),
+            "userinfo in the Host field",
+        ),
+        (
+            format!("GET {DS_C1} HTTP/1.1\r\n").into_bytes(),
+            format!("GET https://other.zen.local{DS_C1} HTTP/1.1\r\n").into_bytes(),
+            "the Host field differs from the request target's authority",
+        ),
+        (
+            b" HTTP/1.1\r\nhost: localhost\r\n".to_vec(),
+            b" HTTP/1.0\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n".to_vec(),
+            "an HTTP/1.0 request cannot carry Transfer-Encoding",
+        ),
+    ];
+    for (i, (from, to, detail)) in cases.iter().enumerate() {
+        let mut req = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
+        req.wire_patch = Some((from.clone(), to.clone()));
+        let resp = env.refused(&req, 400, "request_malformed").await;
+        assert_eq!(resp.json()["detail"], *detail, "case {i}");
+        assert!(
+            resp.headers
+                .iter()
+                .any(|(n, v)| n == "connection" && v == "close"),
+            "case {i}: {resp:?}"
+        );
+    }
+    // A head larger than pingora allows (1 MiB), sent whole.
+    let req = Req::get(DS_C1)
+        .header("x-pad", &"a".repeat(1 << 20))
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let resp = env.refused(&req, 400, "request_malformed").await;
+    assert_eq!(
+        resp.json()["detail"],
+        "the request head is larger than 1048575 bytes"
+    );
+    assert_eq!(
+        env.metric("zen_proxy_requests_total{listener=\"agent\",route=\"-\",status=\"400\"}")
+            .await,
+        before + cases.len() as f64 + 1.0
+    );
+    // The connection is not reused after the answer: what followed the head cannot be framed.
+    let mut conn = env.conn(&env.a1).await;
+    let mut bad = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
+    bad.wire_patch = Some((
+        host.clone(),
+        b"host: localhost\r\nhost: localhost\r\n".to_vec(),
+    ));
+    let resp = conn.send(&bad).await.unwrap();
+    assert_eq!(resp.error_code(), "request_malformed");
+    let good = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
+    assert!(
+        conn.send(&good).await.is_err(),
+        "the connection stayed open"
+    );
     assert_eq!(env.upstream.bytes(), 0);
 }
 
@@ -583,18 +669,18 @@ async fn signature_stale_when_the_body_arrives_after_the_window() {
     assert_eq!(env.upstream.bytes(), 0);
 }
 
-/// A request target whose bytes are not UTF-8 never reaches the upstream. pingora 0.9.1 (this
-/// build) refuses the head itself with a bare 400 (no JSON, no metric: the documented gap); the
-/// decision's `target_is_text` check (`request_malformed`) stands behind it for a pingora that
-/// lets such a target through decoded lossily.
+/// A request target whose bytes are not UTF-8 is refused before anything reads it as text
+/// (pingora would decode it lossily, so different bytes would verify alike).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_target_that_is_not_utf8_is_refused_before_the_upstream() {
+async fn a_target_that_is_not_utf8_is_request_malformed() {
     let env = Env::start().await;
     let mut req = Req::get(&format!("{DS_C1}?t=QQ")).signed(&env.a1.key_id, &env.a1.secret);
     req.wire_patch = Some((b"?t=QQ".to_vec(), b"?t=\xff".to_vec()));
-    let resp = env.agent(&env.a1, &req).await.unwrap();
-    assert_eq!(resp.status, 400, "{resp:?}");
-    assert_eq!(env.upstream.bytes(), 0);
+    let resp = env.refused(&req, 400, "request_malformed").await;
+    assert_eq!(
+        resp.json()["detail"],
+        "the request target is not UTF-8 text"
+    );
 }
 
 /// A request that names no authority (HTTP/1.0 without Host) is refused: a signature over an
