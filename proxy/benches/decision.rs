@@ -1,6 +1,6 @@
 //! The proxy's request decision (`decision::decide`: route → SPIFFE rule → body → signature →
-//! replay → key owner → revocation) on a real `State`: the routes, signature policy and replay
-//! capacity of config/dev/proxy.yaml, a 1,000-key key set, and the peer identity the identity
+//! replay → key owner → revocation), and the head check before it (`head::check`), on a real
+//! `State`: the routes, signature policy and replay capacity of config/dev/proxy.yaml, a 1,000-key key set, and the peer identity the identity
 //! check at handshake completion builds from a CA-signed client SVID.
 //!
 //! cargo bench -p zen-proxy --bench decision -- --warm-up-time 1 --measurement-time 3
@@ -387,6 +387,28 @@ fn bench_decide<M: Measurement + 'static>(c: &mut Criterion<M>, tag: &str) {
                 // request's just-parsed headers are in the proxy.
                 BatchSize::NumIterations(64),
             )
+        });
+    }
+
+    // The head check the keep-alive wait runs before pingora parses the head (head.rs), on the
+    // head as it arrives on the wire (POST: the 1 KiB body follows in the same read).
+    for (name, req) in [
+        ("GET desired-state", desired_state()),
+        ("POST adapters-sync 1 KiB body", adapters_sync()),
+    ] {
+        let signed = b.sign(&req, secret);
+        let mut wire = format!("{} {} HTTP/1.1\r\n", req.method, req.path).into_bytes();
+        for (name, value) in &signed.headers {
+            wire.extend_from_slice(name.as_str().as_bytes());
+            wire.extend_from_slice(b": ");
+            wire.extend_from_slice(value.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&req.body);
+        assert_eq!(zen_proxy::head::check(&wire), zen_proxy::head::Head::Pass);
+        c.bench_function(&format!("{tag}head check: {name}"), |bencher| {
+            bencher.iter(|| zen_proxy::head::check(black_box(&wire)))
         });
     }
 

@@ -20,7 +20,7 @@ mod accept;
 mod admin;
 mod downstream;
 mod forward;
-mod head;
+pub mod head;
 mod reload;
 mod service;
 mod unsent;
