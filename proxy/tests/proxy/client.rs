@@ -222,6 +222,13 @@ impl Conn {
         self.read_response().await
     }
 
+    /// Sends the first `upto` bytes of the request and no more, then reads the answer.
+    pub async fn send_partial(&mut self, req: &Req, upto: usize) -> std::io::Result<Resp> {
+        self.stream.write_all(&req.encode()[..upto]).await?;
+        self.stream.flush().await?;
+        self.read_response().await
+    }
+
     /// True if the proxy closes this connection (EOF or reset) within
     /// `within` without sending anything.
     pub async fn closed_by_peer(&mut self, within: std::time::Duration) -> bool {

@@ -37,6 +37,8 @@ pub struct Opts {
     pub allow_tls12: bool,
     pub watch: bool,
     pub upstream_read_timeout_ms: u64,
+    /// `signature: { max_age_secs, max_skew_secs }` instead of the defaults (300, 5).
+    pub signature_window: Option<(u64, u64)>,
 }
 
 impl Default for Opts {
@@ -48,6 +50,7 @@ impl Default for Opts {
             allow_tls12: false,
             watch: true,
             upstream_read_timeout_ms: 5000,
+            signature_window: None,
         }
     }
 }
@@ -206,7 +209,7 @@ trust_bundles:
 key_set_file: "{d}/keys.json"
 revocations_file: "{d}/revocations.json"
 replay_cache: {{ capacity: {cap} }}
-reload: {{ watch: {watch}, debounce_ms: 20 }}
+{signature}reload: {{ watch: {watch}, debounce_ms: 20 }}
 shutdown: {{ grace_seconds: 3, timeout_seconds: 2 }}
 upstreams:
   control: {{ address: "{upstream_addr}", connect_timeout_ms: 500, read_timeout_ms: {read_ms} }}
@@ -247,6 +250,12 @@ routes:
             cap = o.replay_capacity,
             watch = o.watch,
             read_ms = o.upstream_read_timeout_ms,
+            signature = o
+                .signature_window
+                .map(|(age, skew)| {
+                    format!("signature: {{ max_age_secs: {age}, max_skew_secs: {skew} }}\n")
+                })
+                .unwrap_or_default(),
         );
         std::fs::write(dir.path().join("proxy.yaml"), config).unwrap();
         let anon_cfg = client_config(&ca.pem(), None, false);

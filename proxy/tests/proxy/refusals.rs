@@ -669,6 +669,52 @@ async fn signature_stale_when_the_body_arrives_after_the_window() {
     assert_eq!(env.upstream.bytes(), 0);
 }
 
+/// A body may take no longer than the signature window (max_age + max_skew) to arrive after its
+/// head: pingora bounds each read, not the whole body, and after the window no signature on the
+/// head could be admitted anyway. Here the window is 3 s and the body's last bytes never come.
+#[tokio::test(flavor = "multi_thread")]
+async fn body_unreadable_when_the_body_does_not_arrive_within_the_window() {
+    let env = Env::start_with(Opts {
+        signature_window: Some((2, 1)),
+        ..Opts::default()
+    })
+    .await;
+    let body = br#"{"cluster":"c1","status":"held back"}"#.to_vec();
+    let req = Req::post("/agent/v1/heartbeat", body).signed(&env.a1.key_id, &env.a1.secret);
+    let before = env.refusals("body_unreadable").await;
+    let mut conn = env.conn(&env.a1).await;
+    let len = req.encode().len();
+    // The last 5 bytes never come; the answer does, at the 3 s window.
+    let started = std::time::Instant::now();
+    let resp = conn.send_partial(&req, len - 5).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.error_code(), "body_unreadable");
+    assert!(
+        resp.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive within 3 s of its head"),
+        "{resp:?}"
+    );
+    assert!(
+        took >= std::time::Duration::from_millis(2500) && took < std::time::Duration::from_secs(20),
+        "answered after {took:?}"
+    );
+    assert_eq!(env.refusals("body_unreadable").await, before + 1.0);
+    assert_eq!(env.upstream.bytes(), 0);
+    // A body that arrives within the window is admitted.
+    let req = Req::post("/agent/v1/heartbeat", br#"{"ok":1}"#.to_vec())
+        .signed(&env.a1.key_id, &env.a1.secret);
+    let len = req.encode().len();
+    let mut conn = env.conn(&env.a1).await;
+    let resp = conn
+        .send_in_pieces(&req, &[len - 3], std::time::Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+}
+
 /// A request target whose bytes are not UTF-8 is refused before anything reads it as text
 /// (pingora would decode it lossily, so different bytes would verify alike).
 #[tokio::test(flavor = "multi_thread")]
