@@ -147,11 +147,11 @@ async fn next_head(
     })
 }
 
-/// Reads until `buf` holds the whole request head, each read allowed
-/// `idle` as pingora allows its own head reads. `Ok(None)`: the head passes
-/// and goes to pingora; `Ok(Some(detail))`: it is refused as
-/// `request_malformed`. Usually the head came in the TLS record that
-/// brought its first byte, and this is one read from rustls's buffer.
+/// Reads until `buf` holds the whole request head. `Ok(None)`: the head
+/// passes and goes to pingora; `Ok(Some(detail))`: it is refused as
+/// `request_malformed`. Usually the head came in the TLS record that brought
+/// its first byte, and this is one read from rustls's buffer, without a
+/// timer; a head still on its way is read by [`head_on_its_way`].
 async fn rest_of_head(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -163,7 +163,6 @@ async fn rest_of_head(
             Head::Refuse(detail) => return Ok(Some(detail)),
             Head::Partial => {}
         }
-        // What is there already is read without arming a timer.
         let ready = std::future::poll_fn(|cx| {
             let read = stream.read_buf(buf);
             tokio::pin!(read);
@@ -173,18 +172,36 @@ async fn rest_of_head(
             })
         })
         .await;
-        let read = match ready {
-            Some(read) => read,
-            // Boxed: a head that is still on its way is the rare case, and its timer inline
-            // would enlarge the wait that every idle connection holds.
-            None => match Box::pin(tokio::time::timeout(idle, stream.read_buf(buf))).await {
-                Ok(read) => read,
-                Err(_) => return Err(Closed::IdleTimeout),
-            },
-        };
-        match read {
-            Ok(0) | Err(_) => return Err(Closed::Client),
-            Ok(_) => {}
+        match ready {
+            Some(Ok(0) | Err(_)) => return Err(Closed::Client),
+            Some(Ok(_)) => {}
+            // Boxed: the rare case, and its timer inline would enlarge the wait that every
+            // idle connection holds.
+            None => return Box::pin(head_on_its_way(stream, buf, idle)).await,
+        }
+    }
+}
+
+/// The rest of a head that is not all in yet: it must be whole within
+/// `idle` from here. pingora allows `idle` for each read, so a head trickled
+/// in a byte at a time could take as long as it liked; nginx's
+/// `client_header_timeout` bounds the whole head the same way.
+async fn head_on_its_way(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<Option<String>, Closed> {
+    let deadline = tokio::time::Instant::now() + idle;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0) | Err(_)) => return Err(Closed::Client),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(Closed::IdleTimeout),
+        }
+        match head::check(buf) {
+            Head::Pass => return Ok(None),
+            Head::Refuse(detail) => return Ok(Some(detail)),
+            Head::Partial => {}
         }
     }
 }
@@ -374,6 +391,33 @@ mod tests {
             .unwrap();
         let got = next_head(&mut stream, &mut rx, Duration::from_secs(5)).await;
         assert_eq!(got.unwrap(), Err("more than one Host field".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_in_must_still_be_whole_within_the_idle_time() {
+        let (mut stream, mut client) = pair();
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        let reader =
+            tokio::spawn(
+                async move { next_head(&mut stream, &mut rx, Duration::from_secs(60)).await },
+            );
+        // One byte every 10 s: each read well inside 60 s, the head not whole after 60 s.
+        let started = tokio::time::Instant::now();
+        let trickle = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let mut sent = 0;
+        while sent < trickle.len() && !reader.is_finished() {
+            client.write_all(&trickle[sent..=sent]).await.unwrap();
+            sent += 1;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        assert!(sent < trickle.len(), "the trickled head was read whole");
+        assert!(
+            started.elapsed() <= Duration::from_secs(80),
+            "{:?}",
+            started.elapsed()
+        );
+        let got = reader.await.unwrap();
+        assert_eq!(got.unwrap_err(), Closed::IdleTimeout);
     }
 
     #[tokio::test]
