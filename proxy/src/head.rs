@@ -7,6 +7,12 @@
 //! comes with HTTP/1.0. Each of these is refused here as `request_malformed`,
 //! with the contract's JSON and metric (downstream.rs answers).
 //!
+//! One rule is stricter than pingora's: a request line httparse refuses (a
+//! space, a control byte or a non-UTF-8 byte in the target, a bad method or
+//! version) is refused here, where pingora would percent-encode the target
+//! and parse it again. RFC 9112 §3 does not allow such a line, nginx refuses
+//! it too, and a signed request's target is the bytes that were signed.
+//!
 //! The rules are pingora 0.9.1's (`HttpSession::read_request` and
 //! `validate_request`, `validate_request_authority`, `content_length_parse_all`,
 //! `is_chunked_encoding_from_headers`), restated: they are crate-private
@@ -20,6 +26,8 @@
 //! with an uninitialised header array (no 8 KiB zeroing per request).
 
 use std::mem::MaybeUninit;
+
+use pingora_http::authority::{is_http_family_scheme, raw_target_authority, RawTargetAuthority};
 
 /// pingora's limit on a request head (`MAX_HEADER_SIZE`): with more than
 /// this read and the head still incomplete, pingora refuses.
@@ -47,18 +55,21 @@ pub fn check(buf: &[u8]) -> Head {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(buf, &mut fields) {
+        // pingora hands a buffer over this size to its parser only to refuse it.
+        Ok(httparse::Status::Complete(_)) if buf.len() > MAX_HEAD => refuse(format!(
+            "the request head (with what came in the same reads) is larger than {MAX_HEAD} bytes"
+        )),
         Ok(httparse::Status::Complete(_)) => complete(&req),
         Ok(httparse::Status::Partial) => partial(buf),
-        // pingora percent-encodes the target and parses again (for clients that
-        // send, say, a space or `|` unescaped); its verdict on that stands,
-        // except that a target that is not UTF-8 is refused either way.
+        // A request line that is not HTTP/1.1's (RFC 9112 §3): a byte the target may not hold
+        // unescaped (a space, `"`, a control byte, one that is not UTF-8) or a bad method or
+        // version. pingora would percent-encode such a target and parse it again; refused here
+        // instead, as nginx does: a signed request's target is the bytes that were signed.
         Err(httparse::Error::Token | httparse::Error::Version) => {
             if request_line_target(buf).is_some_and(|t| std::str::from_utf8(t).is_err()) {
                 refuse("the request target is not UTF-8 text")
-            } else if head_end(buf) {
-                Head::Pass
             } else {
-                partial(buf)
+                refuse("the request line is not valid HTTP/1.1 (method, target or version)")
             }
         }
         Err(e) => refuse(format!("the request head is not valid HTTP/1.1: {e}")),
@@ -73,51 +84,64 @@ fn partial(buf: &[u8]) -> Head {
     }
 }
 
-/// Whether the head's terminating empty line is in `buf` (httparse also
-/// accepts bare LF line ends).
-fn head_end(buf: &[u8]) -> bool {
-    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
-}
-
-/// The bytes between the first and second space of the first line, once the
-/// line is complete.
+/// The bytes between the first and second space of the first line, as far
+/// as they have come.
 fn request_line_target(buf: &[u8]) -> Option<&[u8]> {
-    let line = &buf[..buf.iter().position(|&b| b == b'\n')?];
+    let line = buf.split(|&b| b == b'\n').next()?;
     let mut parts = line.splitn(3, |&b| b == b' ');
     let (_method, target) = (parts.next()?, parts.next()?);
     Some(target)
 }
 
 fn complete(req: &httparse::Request<'_, '_>) -> Head {
-    let target = req.path.unwrap_or("");
-    // httparse hands the target over as text without checking it (it admits
-    // bytes ≥ 0x80); pingora keeps the bytes and reads them lossily.
+    // httparse has checked the target: visible ASCII or UTF-8 text, no space.
+    let target = req.path.unwrap_or("").as_bytes();
     let mut host = None;
     let mut te_last = None;
-    let mut has_cl = false;
+    let mut length = Length::Absent;
     for field in req.headers.iter() {
-        if field.name.eq_ignore_ascii_case("host") {
-            if host.replace(field.value).is_some() {
-                return refuse("more than one Host field");
+        // By length first: most fields are none of the three.
+        match field.name.len() {
+            4 if field.name.eq_ignore_ascii_case("host") => {
+                let earlier = host.replace(field.value);
+                if earlier.is_some() {
+                    return refuse("more than one Host field");
+                }
             }
-        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
-            te_last = Some(field.value);
-        } else if field.name.eq_ignore_ascii_case("content-length") {
-            has_cl = true;
+            17 if field.name.eq_ignore_ascii_case("transfer-encoding") => {
+                te_last = Some(field.value);
+            }
+            14 if field.name.eq_ignore_ascii_case("content-length") => {
+                length = length.and(field.value);
+            }
+            _ => {}
         }
-    }
-    if std::str::from_utf8(target.as_bytes()).is_err() {
-        return refuse("the request target is not UTF-8 text");
     }
     if host.is_some_and(|h| h.contains(&b'@')) {
         return refuse("userinfo in the Host field");
     }
-    if let Some(authority) = absolute_form_authority(target.as_bytes()) {
-        if authority.contains(&b'@') {
-            return refuse("userinfo in the request target");
-        }
-        if host.is_some_and(|h| h != authority) {
-            return refuse("the Host field differs from the request target's authority");
+    // CONNECT's targets are pingora's to judge (zen-proxy has no CONNECT route).
+    if req.method != Some("CONNECT") {
+        match raw_target_authority(target) {
+            RawTargetAuthority::None => {}
+            RawTargetAuthority::AmbiguousAuthority => {
+                return refuse("the request target's authority is ambiguous");
+            }
+            RawTargetAuthority::Absolute {
+                scheme, authority, ..
+            } => {
+                if is_http_family_scheme(scheme)
+                    && http::uri::Authority::try_from(authority).is_err()
+                {
+                    return refuse("the request target's authority cannot be parsed");
+                }
+                if authority.contains(&b'@') {
+                    return refuse("userinfo in the request target");
+                }
+                if host.is_some_and(|h| h != authority) {
+                    return refuse("the Host field differs from the request target's authority");
+                }
+            }
         }
     }
     match te_last {
@@ -129,60 +153,45 @@ fn complete(req: &httparse::Request<'_, '_>) -> Head {
         }
         // Transfer-Encoding frames the body; Content-Length is ignored.
         Some(_) => Head::Pass,
-        None if has_cl && content_length(req.headers).is_none() => {
-            refuse("Content-Length is not one decimal number")
-        }
+        None if length == Length::Invalid => refuse("Content-Length is not one decimal number"),
         None => Head::Pass,
     }
 }
 
-/// `scheme://authority[/?#…]`: the authority. Other forms have none here
-/// (origin form, `*`, or what pingora and the decision judge themselves).
-fn absolute_form_authority(target: &[u8]) -> Option<&[u8]> {
-    if target.first().is_none_or(|&b| b == b'/' || b == b'*') {
-        return None;
+/// pingora's `content_length_parse_all`, one line at a time: every line
+/// visible ASCII, every comma-separated value digits only, all the same
+/// number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    Absent,
+    Is(u64),
+    Invalid,
+}
+
+impl Length {
+    fn and(self, line: &[u8]) -> Length {
+        if self == Length::Invalid
+            || !line
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            return Length::Invalid;
+        }
+        line.split(|&b| b == b',')
+            .fold(self, |seen, v| match (seen, digits(v.trim_ascii())) {
+                (Length::Invalid, _) | (_, None) => Length::Invalid,
+                (Length::Absent, Some(n)) => Length::Is(n),
+                (Length::Is(prev), Some(n)) if prev == n => seen,
+                (Length::Is(_), Some(_)) => Length::Invalid,
+            })
     }
-    let sep = target.windows(3).position(|w| w == b"://")?;
-    let rest = &target[sep + 3..];
-    let end = rest
-        .iter()
-        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
 }
 
 /// pingora's `is_chunked_encoding_from_headers`: the last token of the last
 /// `Transfer-Encoding` line.
 fn last_coding_is_chunked(value: &[u8]) -> bool {
     let last = value.rsplit(|&b| b == b',').next().unwrap_or(value);
-    trim(last).eq_ignore_ascii_case(b"chunked")
-}
-
-/// pingora's `content_length_parse_all`: every line visible ASCII, every
-/// comma-separated value digits only, all the same number.
-fn content_length(fields: &[httparse::Header<'_>]) -> Option<u64> {
-    let mut length = None;
-    for field in fields {
-        if !field.name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        if !field
-            .value
-            .iter()
-            .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-        {
-            return None;
-        }
-        for v in field.value.split(|&b| b == b',') {
-            let n = digits(trim(v))?;
-            match length {
-                None => length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
-            }
-        }
-    }
-    length
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 fn digits(bytes: &[u8]) -> Option<u64> {
@@ -194,10 +203,6 @@ fn digits(bytes: &[u8]) -> Option<u64> {
             .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
             .flatten()
     })
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
 }
 
 #[cfg(test)]
@@ -268,14 +273,23 @@ mod tests {
     }
 
     #[test]
-    fn a_target_pingora_escapes_is_left_to_pingora_unless_it_is_not_utf8() {
-        // httparse refuses the space; pingora percent-encodes it and parses again.
-        let spaced = b"GET /a b HTTP/1.1\r\nHost: localhost\r\n\r\n";
-        assert!(httparse::Request::new(&mut [httparse::EMPTY_HEADER; 4])
-            .parse(spaced)
-            .is_err());
-        assert_eq!(check(spaced), Head::Pass);
-        assert_eq!(check(&spaced[..20]), Head::Partial);
+    fn a_request_line_httparse_refuses_is_refused_even_where_pingora_would_escape_it() {
+        // pingora would percent-encode the space and parse again; RFC 9112 allows no such line.
+        for line in [
+            &b"GET /a b HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
+            b"GET /a b HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            // Refused as soon as the line shows it, without waiting for the rest of the head.
+            b"GET /a b",
+        ] {
+            assert_eq!(
+                refused(line),
+                "the request line is not valid HTTP/1.1 (method, target or version)",
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
         for not_text in [
             &b"GET /a\xff HTTP/1.1\r\nHost: localhost\r\n\r\n"[..],
             b"GET /a\xc3 HTTP/1.1\r\nHost: localhost\r\n\r\n",
@@ -287,6 +301,15 @@ mod tests {
             check("GET /caf\u{e9} HTTP/1.1\r\nHost: localhost\r\n\r\n".as_bytes()),
             Head::Pass
         );
+    }
+
+    #[test]
+    fn a_complete_head_over_the_limit_with_what_came_along_is_refused() {
+        // pingora refuses a prefix over its limit before it parses it, head complete or not.
+        let mut buf = head(&["POST / HTTP/1.1", "Host: a", "Content-Length: 20000"]);
+        assert_eq!(check(&buf), Head::Pass);
+        buf.resize(MAX_HEAD + 1, b'x');
+        assert!(refused(&buf).contains("larger than 1048575 bytes"));
     }
 
     #[test]
@@ -306,6 +329,23 @@ mod tests {
         assert_eq!(refused(&target_userinfo), "userinfo in the Host field");
         let target_userinfo = head(&["GET http://u@a/x HTTP/1.1"]);
         assert_eq!(refused(&target_userinfo), "userinfo in the request target");
+        for ambiguous in [
+            head(&["GET http:a/x HTTP/1.1", "Host: a"]),
+            head(&["GET ://a/x HTTP/1.1", "Host: a"]),
+            head(&["GET http://a\\b/x HTTP/1.1", "Host: a"]),
+        ] {
+            assert_eq!(
+                refused(&ambiguous),
+                "the request target's authority is ambiguous",
+                "{}",
+                String::from_utf8_lossy(&ambiguous)
+            );
+        }
+        let unparsable = head(&["GET http://a:b:c/x HTTP/1.1", "Host: a:b:c"]);
+        assert_eq!(
+            refused(&unparsable),
+            "the request target's authority cannot be parsed"
+        );
         for fine in [
             head(&["GET http://a:8443/x?q HTTP/1.1", "Host: a:8443"]),
             head(&["GET http://a HTTP/1.1"]),
@@ -313,6 +353,12 @@ mod tests {
             head(&["OPTIONS * HTTP/1.1", "Host: a"]),
             // No authority at all is the decision's to refuse (it knows the listener).
             head(&["GET /x HTTP/1.0"]),
+            // pingora finds an authority only in `scheme://` at the target's start.
+            head(&["GET foo:bar://b/ HTTP/1.1", "Host: a"]),
+            head(&["GET urn:x?u=http://b HTTP/1.1", "Host: a"]),
+            head(&["GET urn:x?u=http://u@b HTTP/1.1", "Host: a"]),
+            // CONNECT targets are pingora's to judge.
+            head(&["CONNECT http://a:80/ HTTP/1.1", "Host: a"]),
         ] {
             assert_eq!(
                 check(&fine),

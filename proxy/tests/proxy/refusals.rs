@@ -466,6 +466,11 @@ async fn heads_pingora_would_refuse_are_request_malformed() {
             "userinfo in the Host field",
         ),
         (
+            format!("GET {DS_C1} HTTP/1.1").into_bytes(),
+            format!("GET {DS_C1}?a b HTTP/1.1").into_bytes(),
+            "the request line is not valid HTTP/1.1 (method, target or version)",
+        ),
+        (
             format!("GET {DS_C1} HTTP/1.1\r\n").into_bytes(),
             format!("GET https://other.zen.local{DS_C1} HTTP/1.1\r\n").into_bytes(),
             "the Host field differs from the request target's authority",
