@@ -197,14 +197,17 @@ async fn head_on_its_way(
 ) -> Result<Option<String>, Closed> {
     let deadline = tokio::time::Instant::now() + idle;
     loop {
-        if *shutdown.borrow() {
-            return Err(Closed::Shutdown);
-        }
+        // The read comes first, as in pingora's proxy: what has arrived is not dropped. Once a
+        // shutdown has begun, only what is already there is read.
+        let until = if *shutdown.borrow() {
+            tokio::time::Instant::now()
+        } else {
+            deadline
+        };
         let read = tokio::select! {
             biased;
-            read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
-            // Either way the loop looks at the flag again; a closed channel means the server
-            // is gone.
+            read = tokio::time::timeout_at(until, stream.read_buf(buf)) => read,
+            // The loop looks at the flag again; a closed channel means the server is gone.
             changed = shutdown.changed() => match changed {
                 Ok(()) => continue,
                 Err(_) => return Err(Closed::Shutdown),
@@ -213,6 +216,7 @@ async fn head_on_its_way(
         match read {
             Ok(Ok(0) | Err(_)) => return Err(Closed::Client),
             Ok(Ok(_)) => {}
+            Err(_) if *shutdown.borrow() => return Err(Closed::Shutdown),
             Err(_) => return Err(Closed::IdleTimeout),
         }
         match head::check(buf) {

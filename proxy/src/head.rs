@@ -8,8 +8,8 @@
 //! with the contract's JSON and metric (downstream.rs answers).
 //!
 //! One rule is stricter than pingora's: a request line httparse refuses (a
-//! space, a control byte or a non-UTF-8 byte in the target, a bad method or
-//! version) is refused here, where pingora would percent-encode the target
+//! space, a control byte, DEL or a non-UTF-8 byte in the target, a bad method
+//! or version) is refused here, where pingora would percent-encode the target
 //! and parse it again. RFC 9112 §3 does not allow such a line, nginx refuses
 //! it too, and a signed request's target is the bytes that were signed.
 //!
@@ -62,8 +62,7 @@ pub fn check(buf: &[u8]) -> Head {
         Ok(httparse::Status::Complete(_)) => complete(&req),
         Ok(httparse::Status::Partial) => partial(buf),
         // A request line that is not HTTP/1.1's (RFC 9112 §3): a byte the target may not hold
-        // unescaped (a space, `"`, a control byte, one that is not UTF-8) or a bad method or
-        // version. pingora would percent-encode such a target and parse it again; refused here
+        // (a space, a control byte or DEL, one that is not UTF-8) or a bad method or version. pingora would percent-encode such a target and parse it again; refused here
         // instead, as nginx does: a signed request's target is the bytes that were signed.
         Err(httparse::Error::Token | httparse::Error::Version) => {
             if request_line_target(buf).is_some_and(|t| std::str::from_utf8(t).is_err()) {

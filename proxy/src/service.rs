@@ -2,9 +2,7 @@
 //! top to bottom in phase order: request_filter (decide, then forward) →
 //! logging. No upstream phase of pingora runs: see `forward` for why.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -45,19 +43,20 @@ struct DownstreamBody<'s> {
     /// The client sent `Expect: 100-continue` and has not been answered yet.
     expects_continue: bool,
     /// The body must be in by `deadline`: its head's arrival plus `window`
-    /// ([`body_window`]).
-    deadline: Instant,
+    /// ([`body_window`]); none if that is beyond what the clock can hold.
+    deadline: Option<Instant>,
     window: std::time::Duration,
 }
 
 /// How long a body may take to arrive after its head. pingora bounds each
 /// read (60 s) but not the whole body, so a client could hold a connection
-/// and a growing buffer for as long as it trickles bytes. After
-/// `max_age + max_skew` no signature on the head can still be valid when
-/// the body is in (the decision judges it then), so a signed request could
-/// only be refused; unsigned routes get the same bound.
+/// and a growing buffer for as long as it trickled bytes. The signature is
+/// judged once the body is in; this bounds how late that may be by the
+/// signature window itself (`max_age + max_skew`, 305 s by default), on
+/// unsigned routes too. Saturating: a window too large for the clock is no
+/// deadline.
 fn body_window(policy: &VerifyPolicy) -> std::time::Duration {
-    policy.max_age + policy.max_skew
+    policy.max_age.saturating_add(policy.max_skew)
 }
 
 #[async_trait]
@@ -71,22 +70,23 @@ impl BodySource for DownstreamBody<'_> {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let deadline = self.deadline;
-        let mut read = std::pin::pin!(self.session.read_request_body());
-        // A body that is already in (or none) is read without arming a timer.
-        let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
-        let chunk = match first {
-            Poll::Ready(chunk) => chunk,
-            Poll::Pending => match tokio::time::timeout_at(deadline.into(), read).await {
-                Ok(chunk) => chunk,
-                Err(_) => {
-                    return Err(format!(
-                        "the body did not arrive within {} s of its head (the signature \
+        // tokio's Timeout polls the read first and arms its timer only if the read waits.
+        let chunk = match self.deadline {
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline.into(), self.session.read_request_body())
+                    .await
+                {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        return Err(format!(
+                            "the body did not arrive within {} s of its head (the signature \
                              window, max_age + max_skew)",
-                        self.window.as_secs()
-                    ))
+                            self.window.as_secs()
+                        ))
+                    }
                 }
-            },
+            }
+            None => self.session.read_request_body().await,
         };
         chunk.map_err(|e| e.to_string())
     }
@@ -172,7 +172,7 @@ impl ProxyHttp for ZenProxy {
                 expects_continue: headers
                     .get(http::header::EXPECT)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
-                deadline: ctx.started + body_window(&self.policy),
+                deadline: ctx.started.checked_add(body_window(&self.policy)),
                 window: body_window(&self.policy),
                 session,
             },

@@ -708,6 +708,8 @@ async fn body_unreadable_when_the_body_does_not_arrive_within_the_window() {
     );
     assert_eq!(env.refusals("body_unreadable").await, before + 1.0);
     assert_eq!(env.upstream.bytes(), 0);
+    // Closed: the rest of the body could not be told from a next request.
+    assert!(conn.closed_by_peer(std::time::Duration::from_secs(5)).await);
     // A body that arrives within the window is admitted.
     let req = Req::post("/agent/v1/heartbeat", br#"{"ok":1}"#.to_vec())
         .signed(&env.a1.key_id, &env.a1.secret);
