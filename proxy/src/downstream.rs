@@ -46,6 +46,10 @@ use crate::refusal::Refusal;
 /// here changes nothing a client can see.
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
+/// How long one write of a response to the client may wait (nginx's
+/// `send_timeout`): a client that stops reading is cut off after this.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// pingora's header parser takes this buffer over as its own, so it is sized
 /// like the one it would allocate (`INIT_HEADER_BUF_SIZE`).
 const HEADER_BUF: usize = 4096;
@@ -326,7 +330,14 @@ async fn http1<A: HttpServerApp + Send + Sync + 'static>(
         let closing = *shutdown_rx.borrow();
         let (next, settings) = app
             .process_new_http(
-                session(app.as_ref(), stream, prefix, persistent.take(), closing),
+                session(
+                    app.as_ref(),
+                    stream,
+                    prefix,
+                    persistent.take(),
+                    closing,
+                    WRITE_TIMEOUT,
+                ),
                 shutdown,
             )
             .await?
@@ -345,6 +356,7 @@ fn session<A: HttpServerApp>(
     prefix: BytesMut,
     persistent: Option<HttpPersistentSettings>,
     closing: bool,
+    write_timeout: Duration,
 ) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     match persistent {
@@ -359,6 +371,10 @@ fn session<A: HttpServerApp>(
     if closing {
         session.set_keepalive(None);
     }
+    // pingora sets no downstream write timeout: a client that stops reading would hold its
+    // connection, and the response it is sent, for good. pingora applies it to body writes;
+    // the response header is small enough to go into the socket's buffer.
+    session.set_write_timeout(Some(write_timeout));
     session.set_pipelined_prefix(prefix);
     session
 }
@@ -506,6 +522,40 @@ mod tests {
         assert_eq!(got.unwrap_err(), Closed::Shutdown);
         let again = next_head(&mut stream, &mut rx, Duration::from_secs(3600)).await;
         assert_eq!(again.unwrap_err(), Closed::Shutdown);
+    }
+
+    /// A client that stops reading its response is cut off once a write has waited the
+    /// session's write timeout ([`WRITE_TIMEOUT`] in service; pingora times it on the real
+    /// clock, so a short one here), instead of holding the connection for good.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off() {
+        // Room for the response header (pingora bounds body writes only), not the body.
+        let (ours, client) = tokio::io::duplex(4096);
+        let stream: Stream = Box::new(ours);
+        let head = BytesMut::from(&b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"[..]);
+        let limit = Duration::from_millis(300);
+        let mut session = session(&Closes, stream, head, None, false, limit);
+        assert!(session.read_request().await.unwrap());
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", "1048576").unwrap();
+        session.write_response_header(Box::new(resp)).await.unwrap();
+        let started = std::time::Instant::now();
+        let body = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+        let err = tokio::time::timeout(
+            Duration::from_secs(10),
+            session.write_response_body(body, true),
+        )
+        .await
+        .expect("cut off, not left waiting")
+        .expect_err("the client reads nothing");
+        assert_eq!(
+            err.etype(),
+            &pingora_core::ErrorType::WriteTimedout,
+            "{err}"
+        );
+        let took = started.elapsed();
+        assert!(took >= limit && took < Duration::from_secs(10), "{took:?}");
+        drop(client);
     }
 
     /// Takes each request and closes the connection.
