@@ -10,10 +10,10 @@
 //! connections; bench/README.md "Idle memory"). Here the wait happens first, for
 //! one byte, and pingora gets that byte as the session's pipelined prefix
 //! (`set_pipelined_prefix`, which its header parser reads before the
-//! socket). The rest of the request is read by pingora as before; the byte
-//! adds one read from rustls's already-decrypted buffer, not a syscall.
+//! socket).
 //!
-//! The rest of the head is read here too, and checked (head.rs) for what
+//! The rest of the head is read here too (usually one read from rustls's
+//! already-decrypted buffer, not a syscall), and checked (head.rs) for what
 //! pingora would refuse with its bare `400`: such a head is answered here
 //! with the contract's `request_malformed` JSON and metric, and the
 //! connection closed. A head that passes goes to pingora whole, as the
@@ -24,10 +24,9 @@
 //! connections when a graceful shutdown starts, the keep-alive request
 //! limit, and HTTP/2 (ALPN h2), which is handed to pingora unchanged.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::future::Future;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
