@@ -36,7 +36,7 @@ use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::head::{self, Head};
+use crate::head;
 use crate::metrics::Metrics;
 use crate::refusal::Refusal;
 
@@ -162,10 +162,8 @@ async fn rest_of_head(
     idle: Duration,
 ) -> Result<Option<String>, Closed> {
     loop {
-        match head::check(buf) {
-            Head::Pass => return Ok(None),
-            Head::Refuse(detail) => return Ok(Some(detail)),
-            Head::Partial => {}
+        if let Some(done) = head::check(buf).done() {
+            return Ok(done);
         }
         let ready = std::future::poll_fn(|cx| {
             let read = stream.read_buf(buf);
@@ -222,10 +220,8 @@ async fn head_on_its_way(
             Err(_) if *shutdown.borrow() => return Err(Closed::Shutdown),
             Err(_) => return Err(Closed::IdleTimeout),
         }
-        match head::check(buf) {
-            Head::Pass => return Ok(None),
-            Head::Refuse(detail) => return Ok(Some(detail)),
-            Head::Partial => {}
+        if let Some(done) = head::check(buf).done() {
+            return Ok(done);
         }
     }
 }

@@ -163,6 +163,7 @@ impl ProxyHttp for ZenProxy {
             headers: &headers,
             content_length,
         };
+        let window = body_window(&self.policy);
         let decided = decision::decide(
             &self.state,
             &self.policy,
@@ -172,8 +173,8 @@ impl ProxyHttp for ZenProxy {
                 expects_continue: headers
                     .get(http::header::EXPECT)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
-                deadline: ctx.started.checked_add(body_window(&self.policy)),
-                window: body_window(&self.policy),
+                deadline: ctx.started.checked_add(window),
+                window,
                 session,
             },
             &UnixTime::now,

@@ -172,6 +172,14 @@ impl Resp {
     pub fn error_code(&self) -> String {
         self.json()["error"].as_str().unwrap_or("").to_string()
     }
+    /// The refusal's `detail` text (panics if there is none).
+    pub fn detail(&self) -> String {
+        let v = self.json();
+        v["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail in {v}"))
+            .to_owned()
+    }
 }
 
 pub struct Conn {

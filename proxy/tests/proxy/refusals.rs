@@ -19,6 +19,30 @@ impl Env {
             .await
     }
 
+    /// A refusal answered on a connection of the test's own (for requests sent in pieces):
+    /// `status` and JSON `code`, counted once since `before`, and nothing upstream.
+    async fn refused_on_conn(
+        &self,
+        resp: &super::client::Resp,
+        status: u16,
+        code: &str,
+        before: f64,
+    ) {
+        assert_eq!(
+            resp.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        assert_eq!(resp.error_code(), code);
+        assert_eq!(
+            self.refusals(code).await,
+            before + 1.0,
+            "refusal metric for {code}"
+        );
+        assert_eq!(self.upstream.bytes(), 0);
+    }
+
     /// The TLS handshake (or the first read, where TLS 1.3 reports client
     /// auth failures) fails and nothing reaches the upstream.
     async fn handshake_refused(
@@ -427,7 +451,7 @@ async fn two_host_headers_are_request_malformed() {
         .header("host", "evil.zen.local")
         .signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.refused(&req, 400, "request_malformed").await;
-    assert_eq!(resp.json()["detail"], "more than one Host field");
+    assert_eq!(resp.detail(), "more than one Host field");
 }
 
 /// Every kind of head that pingora would refuse with its bare 400 gets the contract's answer
@@ -485,7 +509,7 @@ async fn heads_pingora_would_refuse_are_request_malformed() {
         let mut req = Req::get(DS_C1).signed(&env.a1.key_id, &env.a1.secret);
         req.wire_patch = Some((from.clone(), to.clone()));
         let resp = env.refused(&req, 400, "request_malformed").await;
-        assert_eq!(resp.json()["detail"], *detail, "case {i}");
+        assert_eq!(resp.detail(), *detail, "case {i}");
         assert!(
             resp.headers
                 .iter()
@@ -499,7 +523,7 @@ async fn heads_pingora_would_refuse_are_request_malformed() {
         .signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.refused(&req, 400, "request_malformed").await;
     assert_eq!(
-        resp.json()["detail"],
+        resp.detail(),
         "the request head is larger than 1048575 bytes"
     );
     assert_eq!(
@@ -535,7 +559,7 @@ async fn signature_malformed_covered_field_named_by_connection() {
     req.cover = vec!["x-tenant".into()];
     let req = req.signed(&env.a1.key_id, &env.a1.secret);
     let resp = env.refused(&req, 400, "signature_malformed").await;
-    let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+    let detail = resp.detail();
     assert!(
         detail.contains("\"x-tenant\" is named by the Connection header"),
         "{detail}"
@@ -566,7 +590,7 @@ async fn signature_malformed_covered_field_dropped_in_transit() {
         req.cover = vec![field.into()];
         let req = req.signed(&env.a1.key_id, &env.a1.secret);
         let resp = env.refused(&req, 400, "signature_malformed").await;
-        let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+        let detail = resp.detail();
         assert!(
             detail.contains(&format!(
                 "covered field \"{field}\" is hop-by-hop or set by the proxy"
@@ -591,7 +615,7 @@ async fn signature_malformed_covered_cookie_on_two_lines() {
         b"cookie: s=1\r\ncookie: t=2".to_vec(),
     ));
     let resp = env.refused(&two, 400, "signature_malformed").await;
-    let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+    let detail = resp.detail();
     assert!(
         detail.contains("covered field \"cookie\" is on more than one line"),
         "{detail}"
@@ -618,7 +642,7 @@ async fn signature_malformed_content_digest_lists_an_algorithm_twice() {
         let mut req = req.signed(&env.a1.key_id, &env.a1.secret);
         req.body = body.clone();
         let resp = env.refused(&req, 400, "signature_malformed").await;
-        let detail = resp.json()["detail"].as_str().unwrap().to_owned();
+        let detail = resp.detail();
         assert!(
             detail.contains("lists sha-256 more than once"),
             "{listed}: {detail}"
@@ -637,13 +661,7 @@ async fn signature_malformed_covered_field_not_utf8() {
     let mut req = req.signed(&env.a1.key_id, &env.a1.secret);
     req.wire_patch = Some(("a\u{fffd}b".as_bytes().to_vec(), b"a\xffb".to_vec()));
     let resp = env.refused(&req, 400, "signature_malformed").await;
-    assert!(
-        resp.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("not UTF-8"),
-        "{resp:?}"
-    );
+    assert!(resp.detail().contains("not UTF-8"), "{resp:?}");
 }
 
 /// The signature's window is judged once the body is in, not when the head arrived: a body held
@@ -668,10 +686,8 @@ async fn signature_stale_when_the_body_arrives_after_the_window() {
         .send_in_pieces(&req, &[len - 5], std::time::Duration::from_secs(4))
         .await
         .unwrap();
-    assert_eq!(resp.status, 401, "{}", String::from_utf8_lossy(&resp.body));
-    assert_eq!(resp.error_code(), "signature_stale");
-    assert_eq!(env.refusals("signature_stale").await, before + 1.0);
-    assert_eq!(env.upstream.bytes(), 0);
+    env.refused_on_conn(&resp, 401, "signature_stale", before)
+        .await;
 }
 
 /// A body may take no longer than the signature window (max_age + max_skew) to arrive after its
@@ -693,12 +709,10 @@ async fn body_unreadable_when_the_body_does_not_arrive_within_the_window() {
     let started = std::time::Instant::now();
     let resp = conn.send_partial(&req, len - 5).await.unwrap();
     let took = started.elapsed();
-    assert_eq!(resp.status, 400, "{}", String::from_utf8_lossy(&resp.body));
-    assert_eq!(resp.error_code(), "body_unreadable");
+    env.refused_on_conn(&resp, 400, "body_unreadable", before)
+        .await;
     assert!(
-        resp.json()["detail"]
-            .as_str()
-            .unwrap()
+        resp.detail()
             .contains("did not arrive within 3 s of its head"),
         "{resp:?}"
     );
@@ -706,8 +720,6 @@ async fn body_unreadable_when_the_body_does_not_arrive_within_the_window() {
         took >= std::time::Duration::from_millis(2500) && took < std::time::Duration::from_secs(20),
         "answered after {took:?}"
     );
-    assert_eq!(env.refusals("body_unreadable").await, before + 1.0);
-    assert_eq!(env.upstream.bytes(), 0);
     // Closed: the rest of the body could not be told from a next request.
     assert!(conn.closed_by_peer(std::time::Duration::from_secs(5)).await);
     // A body that arrives within the window is admitted.
@@ -730,10 +742,7 @@ async fn a_target_that_is_not_utf8_is_request_malformed() {
     let mut req = Req::get(&format!("{DS_C1}?t=QQ")).signed(&env.a1.key_id, &env.a1.secret);
     req.wire_patch = Some((b"?t=QQ".to_vec(), b"?t=\xff".to_vec()));
     let resp = env.refused(&req, 400, "request_malformed").await;
-    assert_eq!(
-        resp.json()["detail"],
-        "the request target is not UTF-8 text"
-    );
+    assert_eq!(resp.detail(), "the request target is not UTF-8 text");
 }
 
 /// A request that names no authority (HTTP/1.0 without Host) is refused: a signature over an
@@ -747,11 +756,5 @@ async fn request_malformed_no_authority() {
         b" HTTP/1.0\r\n".to_vec(),
     ));
     let resp = env.refused(&req, 400, "request_malformed").await;
-    assert!(
-        resp.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("names no authority"),
-        "{resp:?}"
-    );
+    assert!(resp.detail().contains("names no authority"), "{resp:?}");
 }
