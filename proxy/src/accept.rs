@@ -35,6 +35,7 @@
 //! they started are left to finish (the server's shutdown timeout still
 //! bounds them).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -341,7 +342,21 @@ struct Buffered {
     read_ahead: Option<ReadAhead>,
     /// The last direct read filled the caller's buffer.
     streaming: bool,
+    /// Armed while a write waits for the socket, reset whenever the socket
+    /// takes some of it: see [`WRITE_TIMEOUT`].
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_timeout: Duration,
 }
+
+/// How long a write may wait for the socket to take any of it (nginx's
+/// `send_timeout`): a client that stops reading is cut off after this, with
+/// `TimedOut`, instead of holding its connection and the response it is sent
+/// for good. pingora sets no downstream write timeout; this one, being at the
+/// bottom of the stream, covers everything written on the connection: TLS
+/// handshake flights, HTTP/1 response heads and bodies, HTTP/2 frames.
+/// A write that does not wait costs nothing: the timer exists only while one
+/// does.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// See [`Buffered`]: pingora's L4 read buffer size.
 const READ_AHEAD: usize = 64 * 1024;
@@ -361,7 +376,46 @@ impl Buffered {
             sent: 0,
             read_ahead: None,
             streaming: false,
+            stalled: None,
+            write_timeout: WRITE_TIMEOUT,
         }
+    }
+
+    /// What a write to the socket came to, under the stall deadline: a write
+    /// that waits arms it (or, when the socket took part of it, `progressed`,
+    /// restarts it), one that is done disarms it, and one that has waited
+    /// [`WRITE_TIMEOUT`] without the socket taking anything fails.
+    fn deadline<T>(
+        &mut self,
+        polled: Poll<std::io::Result<T>>,
+        progressed: bool,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let until = tokio::time::Instant::now() + self.write_timeout;
+        let sleep = match &mut self.stalled {
+            Some(sleep) => {
+                if progressed {
+                    sleep.as_mut().reset(until);
+                }
+                sleep
+            }
+            None => self
+                .stalled
+                .insert(Box::pin(tokio::time::sleep_until(until))),
+        };
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.stalled = None;
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client took nothing written to it for {} s",
+                self.write_timeout.as_secs_f64()
+            ),
+        )))
     }
 }
 
@@ -427,7 +481,14 @@ impl AsyncRead for Buffered {
 impl Buffered {
     /// Sends everything pending, then frees the buffer.
     fn poll_send_pending(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        crate::unsent::poll_send(&mut self.io, &mut self.pending, &mut self.sent, cx)
+        if self.sent == self.pending.len() {
+            // Nothing waits: the deadline (of a direct write, maybe) is not this one's.
+            return Poll::Ready(Ok(()));
+        }
+        let before = self.sent;
+        let polled = crate::unsent::poll_send(&mut self.io, &mut self.pending, &mut self.sent, cx);
+        let progressed = self.sent != before;
+        self.deadline(polled, progressed, cx)
     }
 }
 
@@ -442,7 +503,8 @@ impl AsyncWrite for Buffered {
             std::task::ready!(this.poll_send_pending(cx))?;
         }
         if buf.len() >= WRITE_BUFFER {
-            return Pin::new(&mut this.io).poll_write(cx, buf);
+            let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+            return this.deadline(polled, false, cx);
         }
         if this.pending.capacity() == 0 {
             this.pending.reserve_exact(WRITE_BUFFER);
@@ -473,7 +535,9 @@ impl Drop for Buffered {
     fn drop(&mut self) {
         if self.sent < self.pending.len() {
             let mut cx = TaskContext::from_waker(std::task::Waker::noop());
-            if let Poll::Ready(Err(err)) = self.poll_send_pending(&mut cx) {
+            let last =
+                crate::unsent::poll_send(&mut self.io, &mut self.pending, &mut self.sent, &mut cx);
+            if let Poll::Ready(Err(err)) = last {
                 tracing::debug!(%err, "downstream: last write on close");
             }
         }
@@ -726,6 +790,106 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let server = Buffered::new(L4Stream::from(server));
         (server, client)
+    }
+
+    /// As [`pair`], with `write_timeout` and socket buffers of `buffers` bytes
+    /// each way (the kernel doubles them), so that a client that stops reading
+    /// blocks the writer after little data.
+    async fn small_pair(write_timeout: Duration, buffers: u32) -> (Buffered, TcpStream) {
+        let listening = tokio::net::TcpSocket::new_v4().unwrap();
+        listening.set_send_buffer_size(buffers).unwrap();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(8).unwrap();
+        let connecting = tokio::net::TcpSocket::new_v4().unwrap();
+        connecting.set_recv_buffer_size(buffers).unwrap();
+        let client = connecting
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut server = Buffered::new(L4Stream::from(server));
+        server.write_timeout = write_timeout;
+        (server, client)
+    }
+
+    /// Writes `chunk` (then flushes) until a write fails; the error and how
+    /// long the writes went on.
+    async fn write_until_refused(
+        server: &mut Buffered,
+        chunk: &[u8],
+    ) -> (std::io::Error, Duration) {
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(err) = server.write_all(chunk).await {
+                    return err;
+                }
+                if let Err(err) = server.flush().await {
+                    return err;
+                }
+            }
+        })
+        .await
+        .expect("cut off, not left waiting");
+        (err, started.elapsed())
+    }
+
+    /// A client that stops reading is cut off once a write has waited the write
+    /// timeout: large writes (straight to the socket), as a response body's, and
+    /// small ones (through the buffer, each flushed), as response heads alone
+    /// (HTTP/1 pipelined requests or HTTP/2 frames), the case pingora's own
+    /// write timeout did not cover.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_off() {
+        let limit = Duration::from_millis(300);
+        for chunk in [vec![b'x'; 64 * 1024], vec![b'h'; 200]] {
+            let (mut server, client) = small_pair(limit, 16 * 1024).await;
+            let (err, took) = write_until_refused(&mut server, &chunk).await;
+            assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+            assert!(took >= limit, "{took:?}");
+            assert!(server.stalled.is_none(), "the timer goes with the wait");
+            drop(client);
+        }
+    }
+
+    /// A client that reads, late each time but within the timeout, gets the
+    /// whole response, however much longer than the timeout all of it takes:
+    /// the timeout bounds one wait, not the transfer.
+    #[tokio::test]
+    async fn a_client_that_reads_late_is_not_cut_off() {
+        let limit = Duration::from_millis(500);
+        let (mut server, client) = small_pair(limit, 16 * 1024).await;
+        let total = 1 << 20;
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = vec![0u8; 64 * 1024];
+            while got < total {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Everything the socket holds now, then the next pause.
+                loop {
+                    match client.try_read(&mut buf) {
+                        Ok(0) => return got,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            got
+        });
+        let started = Instant::now();
+        let body = vec![b'x'; total];
+        for chunk in body.chunks(64 * 1024) {
+            server.write_all(chunk).await.expect("the client reads");
+        }
+        server.flush().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(reader.await.unwrap(), total);
+        assert!(
+            took > 2 * limit,
+            "the transfer outlasts the timeout ({took:?}), so it is the waits that are bounded"
+        );
+        assert!(server.stalled.is_none());
     }
 
     #[tokio::test]

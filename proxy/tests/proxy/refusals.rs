@@ -462,6 +462,8 @@ async fn heads_pingora_would_refuse_are_request_malformed() {
     let before = env
         .metric("zen_proxy_requests_total{listener=\"agent\",route=\"-\",status=\"400\"}")
         .await;
+    let timed = "zen_proxy_request_duration_seconds_count{listener=\"agent\"}";
+    let timed_before = env.metric(timed).await;
     let host = b"host: localhost\r\n".to_vec();
     let cases: Vec<(Vec<u8>, Vec<u8>, &str)> = vec![
         (
@@ -530,6 +532,11 @@ async fn heads_pingora_would_refuse_are_request_malformed() {
         env.metric("zen_proxy_requests_total{listener=\"agent\",route=\"-\",status=\"400\"}")
             .await,
         before + cases.len() as f64 + 1.0
+    );
+    assert_eq!(
+        env.metric(timed).await,
+        timed_before + cases.len() as f64 + 1.0,
+        "each refused head is timed as a request"
     );
     // The connection is not reused after the answer: what followed the head cannot be framed.
     let mut conn = env.conn(&env.a1).await;
