@@ -154,17 +154,20 @@ async fn next_head(
 /// passes and goes to pingora; `Ok(Some(detail))`: it is refused as
 /// `request_malformed`. Usually the head came in the TLS record that brought
 /// its first byte, and this is one read from rustls's buffer, without a
-/// timer; a head still on its way is read by [`head_on_its_way`].
+/// timer, and two parses (the first byte's, the whole head's). A head in
+/// more pieces than that is read by [`head_on_its_way`].
 async fn rest_of_head(
     stream: &mut Stream,
     shutdown: &mut ShutdownWatch,
     buf: &mut BytesMut,
     idle: Duration,
 ) -> Result<Option<String>, Closed> {
-    loop {
+    let mut parsed = 0;
+    for _ in 0..2 {
         if let Some(done) = head::check(buf).done() {
             return Ok(done);
         }
+        parsed = buf.len();
         let ready = std::future::poll_fn(|cx| {
             let read = stream.read_buf(buf);
             tokio::pin!(read);
@@ -177,11 +180,12 @@ async fn rest_of_head(
         match ready {
             Some(Ok(0) | Err(_)) => return Err(Closed::Client),
             Some(Ok(_)) => {}
-            // Boxed: the rare case, and its timer inline would enlarge the wait that every
-            // idle connection holds.
-            None => return Box::pin(head_on_its_way(stream, shutdown, buf, idle)).await,
+            None => break,
         }
     }
+    // Boxed: the rare case, and its timer inline would enlarge the wait that every idle
+    // connection holds.
+    Box::pin(head_on_its_way(stream, shutdown, buf, idle, parsed)).await
 }
 
 /// The rest of a head that is not all in yet: it must be whole within
@@ -189,14 +193,21 @@ async fn rest_of_head(
 /// in a byte at a time could take as long as it liked; nginx's
 /// `client_header_timeout` bounds the whole head the same way. A graceful
 /// shutdown closes the connection, as pingora's proxy does while it reads a
-/// head.
+/// head. Judged by [`head::Incoming`], which does not parse the head from
+/// the start after every piece; `parsed`: the length [`head::check`] last
+/// judged incomplete.
 async fn head_on_its_way(
     stream: &mut Stream,
     shutdown: &mut ShutdownWatch,
     buf: &mut BytesMut,
     idle: Duration,
+    parsed: usize,
 ) -> Result<Option<String>, Closed> {
     let deadline = tokio::time::Instant::now() + idle;
+    let mut incoming = head::Incoming::new(parsed);
+    if let Some(done) = incoming.check(buf).done() {
+        return Ok(done);
+    }
     loop {
         // The read comes first, as in pingora's proxy: what has arrived is not dropped. Once a
         // shutdown has begun, only what is already there is read.
@@ -220,7 +231,7 @@ async fn head_on_its_way(
             Err(_) if *shutdown.borrow() => return Err(Closed::Shutdown),
             Err(_) => return Err(Closed::IdleTimeout),
         }
-        if let Some(done) = head::check(buf).done() {
+        if let Some(done) = incoming.check(buf).done() {
             return Ok(done);
         }
     }

@@ -87,6 +87,87 @@ pub fn check(buf: &[u8]) -> Head {
     }
 }
 
+/// A head judged as it comes in, piece by piece, without parsing it from the
+/// start after every piece: that is O(n²) in a head trickled a byte per read
+/// or per TLS record (pingora's own reader does it, up to 1 MiB). It is
+/// parsed only when it may be complete (a blank line has come in after the
+/// request line began, found by a scan that looks at each byte once), when it
+/// has doubled since it was last parsed (so a malformed head is still refused
+/// early, at no more than twice the work in all), or once it is over
+/// [`MAX_HEAD`]. The verdict is [`check`]'s.
+#[derive(Debug, Default)]
+pub struct Incoming {
+    /// The length last parsed; 0: never (the first piece is always parsed).
+    parsed: usize,
+    /// How far the blank-line scan has read, and where it stands there.
+    scanned: usize,
+    at: Scan,
+    #[cfg(test)]
+    parses: usize,
+}
+
+/// Where the blank-line scan stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// Before the request line: httparse skips empty lines there.
+    #[default]
+    Leading,
+    Line,
+    /// Just after a line's `\n`, then after a `\r`.
+    Lf,
+    LfCr,
+}
+
+impl Incoming {
+    /// `already`: how much of the head [`check`] has judged `Partial` before.
+    pub fn new(already: usize) -> Self {
+        Incoming {
+            parsed: already,
+            ..Incoming::default()
+        }
+    }
+
+    /// Judges `buf`, the head read so far (and possibly more).
+    pub fn check(&mut self, buf: &[u8]) -> Head {
+        let due = self.parsed == 0
+            || buf.len() > MAX_HEAD
+            || buf.len() >= self.parsed.saturating_mul(2)
+            || self.blank_line(buf);
+        if !due {
+            return Head::Partial;
+        }
+        self.parsed = buf.len();
+        #[cfg(test)]
+        {
+            self.parses += 1;
+        }
+        check(buf)
+    }
+
+    /// Whether a blank line ends a line of the head in what came since the
+    /// last scan.
+    fn blank_line(&mut self, buf: &[u8]) -> bool {
+        let Some(new) = buf.get(self.scanned..) else {
+            return false;
+        };
+        for (i, &b) in new.iter().enumerate() {
+            self.at = match (self.at, b) {
+                (Scan::Leading, b'\r' | b'\n') => Scan::Leading,
+                (Scan::Lf | Scan::LfCr, b'\n') => {
+                    self.scanned += i + 1;
+                    self.at = Scan::Line;
+                    return true;
+                }
+                (Scan::Lf, b'\r') => Scan::LfCr,
+                (_, b'\n') => Scan::Lf,
+                _ => Scan::Line,
+            };
+        }
+        self.scanned = buf.len();
+        false
+    }
+}
+
 fn partial(buf: &[u8]) -> Head {
     if buf.len() > MAX_HEAD {
         refuse(format!("the request head is larger than {MAX_HEAD} bytes"))
@@ -237,6 +318,7 @@ mod tests {
         for buf in heads {
             let buf = buf.as_ref();
             assert_eq!(refused(buf), detail, "{}", String::from_utf8_lossy(buf));
+            assert_eq!(trickled(buf), check(buf));
         }
     }
 
@@ -244,7 +326,72 @@ mod tests {
         for buf in heads {
             let buf = buf.as_ref();
             assert_eq!(check(buf), Head::Pass, "{}", String::from_utf8_lossy(buf));
+            assert_eq!(trickled(buf), Head::Pass);
         }
+    }
+
+    /// `buf` given to [`Incoming`] a byte at a time: its first verdict, and
+    /// that it came within a bounded number of parses.
+    fn trickled(buf: &[u8]) -> Head {
+        let mut incoming = Incoming::new(0);
+        for end in 1..=buf.len() {
+            let verdict = incoming.check(&buf[..end]);
+            let bound = 2 + 3 + usize::BITS as usize - end.leading_zeros() as usize;
+            assert!(
+                incoming.parses <= bound,
+                "{} parses for {end} bytes",
+                incoming.parses
+            );
+            if verdict != Head::Partial {
+                return verdict;
+            }
+        }
+        Head::Partial
+    }
+
+    /// A head a byte per read costs a parse per doubling and one at its end,
+    /// not one per byte, and gets [`check`]'s verdict; a malformed one is
+    /// refused by the next doubling, before its end.
+    #[test]
+    fn a_trickled_head_is_parsed_a_few_times_not_once_per_byte() {
+        let mut fields = Vec::new();
+        for i in 0..200 {
+            fields.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        fields.extend_from_slice(b"\r\n");
+        // Empty lines before the request line, which httparse skips, do not end it.
+        let big = [
+            &b"\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n"[..],
+            &fields,
+        ]
+        .concat();
+        assert_eq!(check(&big), Head::Pass);
+        let mut incoming = Incoming::new(0);
+        let mut verdicts = Vec::new();
+        for end in 1..=big.len() {
+            let verdict = incoming.check(&big[..end]);
+            if verdict != Head::Partial {
+                verdicts.push((end, verdict));
+            }
+        }
+        assert_eq!(verdicts, vec![(big.len(), Head::Pass)]);
+        assert!(incoming.parses <= 16, "{} parses", incoming.parses);
+
+        let bad = [&b"GET / HTTP/1.1\r\nbad name: v\r\n"[..], &fields].concat();
+        let mut incoming = Incoming::new(0);
+        let first = (1..=bad.len())
+            .map(|end| (end, incoming.check(&bad[..end])))
+            .find(|(_, v)| *v != Head::Partial)
+            .unwrap();
+        assert!(first.0 <= 64, "refused at byte {}", first.0);
+        assert!(matches!(first.1, Head::Refuse(ref d) if d.contains("invalid header name")));
+
+        // Over pingora's limit it is refused as at once, with no blank line to come.
+        let mut huge = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
+        huge.resize(MAX_HEAD + 1, b'a');
+        let mut incoming = Incoming::new(MAX_HEAD * 3 / 4);
+        assert_eq!(incoming.check(&huge[..MAX_HEAD]), Head::Partial);
+        assert!(matches!(incoming.check(&huge), Head::Refuse(ref d) if d.contains("larger than")));
     }
 
     #[test]
