@@ -112,7 +112,9 @@ enum Scan {
     /// Before the request line: httparse skips empty lines there.
     #[default]
     Leading,
+    LeadingCr,
     Line,
+    LineCr,
     /// Just after a line's `\n`, then after a `\r`.
     Lf,
     LfCr,
@@ -144,24 +146,33 @@ impl Incoming {
         check(buf)
     }
 
-    /// Whether a blank line ends a line of the head in what came since the
-    /// last scan.
+    /// Whether what came since the last scan holds a blank line that ends a
+    /// line of the head, or a `\r` not followed by `\n` (which httparse
+    /// refuses wherever it is: the head is judged now, not when it doubles).
     fn blank_line(&mut self, buf: &[u8]) -> bool {
         let Some(new) = buf.get(self.scanned..) else {
             return false;
         };
         for (i, &b) in new.iter().enumerate() {
-            self.at = match (self.at, b) {
-                (Scan::Leading, b'\r' | b'\n') => Scan::Leading,
-                (Scan::Lf | Scan::LfCr, b'\n') => {
+            let next = match (self.at, b) {
+                (Scan::Leading, b'\r') => Some(Scan::LeadingCr),
+                (Scan::Leading | Scan::LeadingCr, b'\n') => Some(Scan::Leading),
+                (Scan::Line, b'\r') => Some(Scan::LineCr),
+                (Scan::Line | Scan::LineCr, b'\n') => Some(Scan::Lf),
+                (Scan::Lf, b'\r') => Some(Scan::LfCr),
+                // A blank line, or a CR without its LF.
+                (Scan::Lf | Scan::LfCr, b'\n')
+                | (Scan::LeadingCr | Scan::LineCr | Scan::LfCr, _) => None,
+                (Scan::Leading | Scan::Line | Scan::Lf, _) => Some(Scan::Line),
+            };
+            match next {
+                Some(at) => self.at = at,
+                None => {
                     self.scanned += i + 1;
                     self.at = Scan::Line;
                     return true;
                 }
-                (Scan::Lf, b'\r') => Scan::LfCr,
-                (_, b'\n') => Scan::Lf,
-                _ => Scan::Line,
-            };
+            }
         }
         self.scanned = buf.len();
         false
@@ -385,6 +396,21 @@ mod tests {
             .unwrap();
         assert!(first.0 <= 64, "refused at byte {}", first.0);
         assert!(matches!(first.1, Head::Refuse(ref d) if d.contains("invalid header name")));
+
+        // A CR without its LF is refused when it comes, not when the head doubles.
+        for bad_end in [&b"x: v\r\r"[..], b"x: v\rx", b"x: v\r\n\r\r"] {
+            let start = [&b"GET / HTTP/1.1\r\n"[..], &fields[..fields.len() - 2]].concat();
+            let mut incoming = Incoming::new(0);
+            for end in 1..=start.len() {
+                assert_eq!(incoming.check(&start[..end]), Head::Partial);
+            }
+            let whole = [&start[..], bad_end].concat();
+            assert!(
+                matches!(incoming.check(&whole), Head::Refuse(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad_end)
+            );
+        }
 
         // Over pingora's limit it is refused as at once, with no blank line to come.
         let mut huge = b"GET / HTTP/1.1\r\nx-big: ".to_vec();
