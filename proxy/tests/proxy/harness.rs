@@ -396,6 +396,22 @@ routes:
         let before = self.refusals(code).await;
         let bytes_before = self.upstream.bytes();
         let resp = once(addr, who_cfg, req).await.expect("request answered");
+        self.assert_refusal(&resp, status, code, before, bytes_before)
+            .await;
+        resp
+    }
+
+    /// The refusal contract for `resp`, however it was sent: status, JSON code
+    /// and detail, the refusal metric +1 since `before`, and the upstream's
+    /// bytes still `bytes_before`.
+    pub async fn assert_refusal(
+        &self,
+        resp: &Resp,
+        status: u16,
+        code: &str,
+        before: f64,
+        bytes_before: usize,
+    ) {
         assert_eq!(
             resp.status,
             status,
@@ -419,7 +435,6 @@ routes:
             "upstream received bytes for a refused request"
         );
         assert!(self.upstream.requests().is_empty() || bytes_before > 0);
-        resp
     }
 
     pub fn sigterm(&mut self) {

@@ -19,30 +19,6 @@ impl Env {
             .await
     }
 
-    /// A refusal answered on a connection of the test's own (for requests sent in pieces):
-    /// `status` and JSON `code`, counted once since `before`, and nothing upstream.
-    async fn refused_on_conn(
-        &self,
-        resp: &super::client::Resp,
-        status: u16,
-        code: &str,
-        before: f64,
-    ) {
-        assert_eq!(
-            resp.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&resp.body)
-        );
-        assert_eq!(resp.error_code(), code);
-        assert_eq!(
-            self.refusals(code).await,
-            before + 1.0,
-            "refusal metric for {code}"
-        );
-        assert_eq!(self.upstream.bytes(), 0);
-    }
-
     /// The TLS handshake (or the first read, where TLS 1.3 reports client
     /// auth failures) fails and nothing reaches the upstream.
     async fn handshake_refused(
@@ -693,7 +669,7 @@ async fn signature_stale_when_the_body_arrives_after_the_window() {
         .send_in_pieces(&req, &[len - 5], std::time::Duration::from_secs(4))
         .await
         .unwrap();
-    env.refused_on_conn(&resp, 401, "signature_stale", before)
+    env.assert_refusal(&resp, 401, "signature_stale", before, 0)
         .await;
 }
 
@@ -716,7 +692,7 @@ async fn body_unreadable_when_the_body_does_not_arrive_within_the_window() {
     let started = std::time::Instant::now();
     let resp = conn.send_partial(&req, len - 5).await.unwrap();
     let took = started.elapsed();
-    env.refused_on_conn(&resp, 400, "body_unreadable", before)
+    env.assert_refusal(&resp, 400, "body_unreadable", before, 0)
         .await;
     assert!(
         resp.detail()
